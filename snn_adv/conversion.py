@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .classifier import AnnClassifier, SpikingClassifier
 from .encoding import Encoder, PoissonEncoder
-from .models import set_thresholds, snn_from_ann
+from .models import fold_batchnorm, set_thresholds, snn_from_ann
 from .validation import check_choice, check_fraction, check_leak, check_positive, check_positive_int
 
 __all__ = ["METHODS", "convert", "hybrid_init"]
@@ -118,12 +118,13 @@ def _spikingjelly_thresholds(ann: AnnClassifier, loader: Iterable, percentile: f
     from spikingjelly.activation_based.ann2snn import Converter
     from spikingjelly.activation_based.ann2snn.modules import VoltageHook
 
-    if any(not isinstance(m, (nn.Sequential, nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.ReLU))
-           for m in ann.body.modules()):
+    body = fold_batchnorm(ann.body)
+    if any(not isinstance(m, (nn.Sequential, nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.ReLU, nn.Identity))
+           for m in body.modules()):
         raise ValueError("argument 'method' = 'spikingjelly': needs a plain chain of layers (e.g. VGG); for residual "
                          "networks use method='threshold-balancing'")
     mode = "max" if percentile >= 100.0 else f"{percentile}%"
-    traced = Converter.set_voltagehook(torch.fx.symbolic_trace(copy.deepcopy(ann.body)).eval(), mode=mode)
+    traced = Converter.set_voltagehook(torch.fx.symbolic_trace(body).eval(), mode=mode)
     with torch.no_grad():
         for images, _ in _batches(loader, max_batches):
             traced(ann.normalize(images.to(ann.mean.device)))

@@ -133,3 +133,26 @@ def test_bad_arguments(trained_pair, fmnist, kwargs, match):
 def test_empty_calibration_loader(trained_pair):
     with pytest.raises(ValueError, match="no batches"):
         convert(trained_pair.ann, [], 4, progress=False)
+
+
+@pytest.mark.parametrize("method", ["threshold-balancing", "spikingjelly"])
+def test_ann_with_batchnorm_converts_as_its_folded_ann(trained_pair, fmnist, method):
+    """A BatchNorm after the first convolution is folded: same thresholds and logits as converting the folded ANN."""
+    from snn_adv.classifier import AnnClassifier
+    from snn_adv.models import fold_batchnorm
+
+    torch.manual_seed(5)
+    ann = trained_pair.ann
+    batchnorm = nn.BatchNorm2d(ann.body[0].out_channels).eval()
+    batchnorm.running_mean.uniform_(-0.5, 0.5), batchnorm.running_var.uniform_(0.5, 2), batchnorm.weight.data.uniform_(0.5, 2)
+    body = nn.Sequential(ann.body[0], batchnorm, *ann.body[1:])
+    make = lambda b: AnnClassifier(b, mean=ann.mean.flatten().tolist(), std=ann.std.flatten().tolist()).eval()
+    calibration = loader(fmnist.train_x[:40], fmnist.train_y[:40], batch_size=40)
+    kwargs = dict(timesteps=4, method=method, percentile=100.0, seed=1, progress=False)
+    snn, reference = convert(make(body), calibration, **kwargs), convert(make(fold_batchnorm(body)), calibration, **kwargs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in snn.modules())
+    assert get_thresholds(snn.body) == pytest.approx(get_thresholds(reference.body), rel=1e-5)
+    x = fmnist.test_x[:8]
+    snn.encoder.manual_seed(0), reference.encoder.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x), reference(x), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,7 @@ from ..classifier import AnnClassifier, ImageClassifier, SpikingClassifier
 from ..data import dataset_info
 from ..encoding import Encoder, build_encoder
 from ..validation import check_choice
+from .folding import fold_batchnorm
 from .resnet import BasicBlock, resnet20
 from .spiking import get_thresholds, set_thresholds, spiking_twin
 from .vgg import make_vgg, vgg5, vgg11
@@ -27,6 +28,7 @@ __all__ = [
     "KINDS",
     "build_body",
     "build_classifier",
+    "fold_batchnorm",
     "get_thresholds",
     "make_vgg",
     "resnet20",

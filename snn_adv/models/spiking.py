@@ -1,17 +1,20 @@
 """The spiking twin of an ANN body: the same graph in SpikingJelly multistep layers, every ReLU a
 :class:`~snn_adv.neurons.LeakyLIFNode`, the ANN's weights shared (the same ``Parameter`` objects).
 
-Layer map (stateless layers act on each timestep of ``[T, N, ...]``)::
+Layer map (torch's layers and their subclasses, SpikingJelly's single-step layers included; stateless layers act
+on each timestep of ``[T, N, ...]``)::
 
     nn.Conv2d  -> layer.Conv2d      nn.Linear  -> layer.Linear     nn.AvgPool2d -> AvgPool2d (saves no input)
-    nn.Flatten -> layer.Flatten     nn.Dropout -> layer.Dropout    (one mask for all T, as Rathi et al.)
-    nn.ReLU    -> LeakyLIFNode      nn.Identity, containers (Sequential, BasicBlock...) -> kept, children mapped
+    nn.Flatten -> layer.Flatten     nn.Dropout -> layer.Dropout    (one mask for all T, as Rathi et al.; 2d too)
+    nn.ReLU    -> LeakyLIFNode      nn.AdaptiveAvgPool2d -> layer.AdaptiveAvgPool2d
+    BatchNorm right after Conv/Linear -> folded into it       nn.Identity, containers -> kept, children mapped
 
+Max pooling, other activations (GELU, SiLU, ...), other normalisations and softmax are refused, with what to do.
 The output layer stays a (non-spiking) linear layer: the classifier reads its mean current over T.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,6 +24,7 @@ from torch.nn.modules.utils import _pair
 
 from ..neurons import LeakyLIFNode, spiking_neurons
 from ..validation import check_leak, check_positive
+from .folding import batchnorm_pairs, folded_layer
 
 __all__ = ["AvgPool2d", "spiking_twin", "set_thresholds", "get_thresholds"]
 
@@ -68,35 +72,64 @@ def _share(new: nn.Module, old: nn.Module) -> nn.Module:
     return new
 
 
+#: Layers without a sound spiking counterpart, and what to write instead.
+_REFUSED = (
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
+     "max pooling has no rate-coded spiking counterpart (the max of spike trains is not the max of their rates): "
+     "use nn.AvgPool2d and retrain the ANN"),
+    ((nn.Softmax, nn.LogSoftmax), "a classifier body must return logits: remove it (the loss applies its own softmax)"),
+    ((nn.modules.batchnorm._BatchNorm,),
+     "only a BatchNorm right after a Conv or Linear layer is folded into it: move it there, or fold it yourself"),
+    ((nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm),
+     "a normalisation over the features of each timestep has no spiking counterpart: use BatchNorm after a "
+     "Conv/Linear layer (folded on conversion) or no normalisation"),
+)
+
+
+def _refusal(module: nn.Module) -> str:
+    """Why ``module`` has no spiking counterpart and what to do instead."""
+    for classes, advice in _REFUSED:
+        if isinstance(module, classes):
+            return advice
+    if type(module).__module__ == nn.ReLU.__module__:  # torch.nn.modules.activation: GELU, SiLU, Tanh, ...
+        return ("an integrate-and-fire neuron's rate is a ReLU of its input current: use nn.ReLU (as a module, "
+                "not F.relu in forward) and retrain the ANN")
+    return ("supported: Conv2d, Linear, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Dropout2d, ReLU, Identity, "
+            "BatchNorm right after Conv2d/Linear (folded), their subclasses (SpikingJelly's single-step layers) and "
+            "containers of them")
+
+
 def _twin_leaf(module: nn.Module, make_neuron: NeuronFactory) -> Optional[nn.Module]:
-    """The multistep counterpart of one ANN layer, or None if ``module`` is a container to recurse into."""
-    if isinstance(module, nn.ReLU):
+    """The multistep counterpart of one ANN layer (torch's layers and their subclasses, SpikingJelly's
+    single-step layers among them), or None if ``module`` is a container to recurse into."""
+    m = module
+    if isinstance(m, nn.ReLU):
         return make_neuron()
-    if type(module) is nn.Conv2d:
-        m = module
+    if isinstance(m, nn.Conv2d):
         new = layer.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                            m.bias is not None, m.padding_mode, step_mode="m")
         return _share(new, m)
-    if type(module) is nn.Linear:
-        return _share(layer.Linear(module.in_features, module.out_features, module.bias is not None, step_mode="m"), module)
-    if type(module) is nn.AvgPool2d:
-        m = module
+    if isinstance(m, nn.Linear):
+        return _share(layer.Linear(m.in_features, m.out_features, m.bias is not None, step_mode="m"), m)
+    if isinstance(m, nn.AvgPool2d):
         return AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override, step_mode="m")
-    if type(module) is nn.Flatten:
-        return layer.Flatten(module.start_dim, module.end_dim, step_mode="m")
-    if type(module) is nn.Dropout:
-        return layer.Dropout(module.p, step_mode="m")
-    if isinstance(module, nn.Identity):
-        return module
-    if any(True for _ in module.parameters(recurse=False)) or not any(True for _ in module.children()):
-        raise TypeError(
-            f"spiking_twin: no spiking counterpart for layer {type(module).__name__}; supported: Conv2d, Linear, "
-            "AvgPool2d, Flatten, Dropout, ReLU, Identity and containers of them (write activations as nn.ReLU modules)"
-        )
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return layer.AdaptiveAvgPool2d(m.output_size, step_mode="m")
+    if isinstance(m, nn.Flatten):
+        return layer.Flatten(m.start_dim, m.end_dim, step_mode="m")
+    if isinstance(m, (nn.Dropout2d, layer.Dropout2d)):  # one mask for all T, as Rathi et al.
+        return layer.Dropout2d(m.p, step_mode="m")
+    if isinstance(m, (nn.Dropout, layer.Dropout)):
+        return layer.Dropout(m.p, step_mode="m")
+    if isinstance(m, nn.Identity):
+        return m
+    if any(True for _ in m.parameters(recurse=False)) or not any(True for _ in m.children()):
+        raise TypeError(f"spiking_twin: layer {type(m).__name__} has no spiking counterpart; {_refusal(m)}")
     return None
 
 
-def _twin(module: nn.Module, make_neuron: NeuronFactory) -> nn.Module:
+def _twin(module: nn.Module, make_neuron: NeuronFactory, folded: Dict[int, nn.Module]) -> nn.Module:
+    module = folded.get(id(module), module)
     leaf = _twin_leaf(module, make_neuron)
     if leaf is not None:
         return leaf
@@ -104,7 +137,7 @@ def _twin(module: nn.Module, make_neuron: NeuronFactory) -> nn.Module:
     # registries (parameters, buffers, hooks) are copied so the twin and the ANN stay separate modules.
     twin = module.__class__.__new__(module.__class__)
     twin.__dict__.update({key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()})
-    twin._modules = {name: _twin(child, make_neuron) for name, child in module._modules.items()}
+    twin._modules = {name: _twin(child, make_neuron, folded) for name, child in module._modules.items()}
     return twin
 
 
@@ -116,16 +149,24 @@ def spiking_twin(
     neuron_factory: Optional[NeuronFactory] = None,
 ) -> nn.Module:
     """The multistep spiking version of an ANN body, sharing its weights (pass ``copy.deepcopy(body)`` for an
-    independent one).
+    independent one). Every BatchNorm right after a convolution or linear layer is folded into it (eval-mode
+    statistics, :mod:`snn_adv.models.folding`): those layers get new, folded weights; ``body`` is not changed.
 
     :param leak: leak of every neuron (1: IF neurons, as after conversion; 0.99: LIF, as after SNN-BP).
     :param thresholds: one per ReLU, input side first (default 1.0); see :func:`set_thresholds`.
     :param backend: the neurons' backend, ``'torch'`` or ``'cupy'``.
     :param neuron_factory: build each neuron yourself instead (e.g. another SpikingJelly neuron).
+    :raises TypeError: for a layer without a sound spiking counterpart (max pooling, GELU, ...), naming it and
+        what to use instead.
     """
     leak = check_leak(leak)
     make_neuron = neuron_factory or (lambda: LeakyLIFNode(leak=leak, backend=backend, step_mode="m"))
-    twin = _twin(body, make_neuron)
+    folded: Dict[int, nn.Module] = {}
+    for layer_name, batchnorm_name in batchnorm_pairs(body):
+        source = body.get_submodule(layer_name)
+        folded[id(source)] = folded_layer(source, body.get_submodule(batchnorm_name))
+        folded[id(body.get_submodule(batchnorm_name))] = nn.Identity()
+    twin = _twin(body, make_neuron, folded)
     if thresholds is not None:
         set_thresholds(twin, thresholds)
     return twin
