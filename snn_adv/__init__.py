@@ -14,6 +14,15 @@ tests its claims under strong adaptive attacks. The public API, by room:
 """
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # SpikingJelly 0.0.0.0.14 compiles a few functions with torch.jit.script when imported, which torch
+    # >= 2.10 deprecates with a FutureWarning: import the modules this package uses once, here, without it.
+    _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from spikingjelly.activation_based import functional as _functional, layer as _layer  # noqa: F401  (and neuron, surrogate)
+del _functional, _layer
+
 from . import checkpoints
 from .attacks import FGSM, PGD, WorstCase, adapt, gradient_mode, gradient_mode_ensemble
 from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier

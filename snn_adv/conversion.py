@@ -28,11 +28,11 @@ from typing import Iterable, List, Optional
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
-from tqdm.auto import tqdm
 
 from .classifier import AnnClassifier, SpikingClassifier
 from .encoding import Encoder, PoissonEncoder
 from .models import fold_batchnorm, set_thresholds, snn_from_ann
+from .progress import describe, log, progress as progress_bar
 from .validation import check_choice, check_fraction, check_leak, check_positive, check_positive_int
 
 __all__ = ["METHODS", "convert", "hybrid_init"]
@@ -86,7 +86,8 @@ def _balance_thresholds(snn: SpikingClassifier, loader: Iterable, percentile: fl
     device = snn.mean.device
     nodes = snn.neurons()
     thresholds = []
-    for index, node in enumerate(tqdm(nodes, desc="threshold balancing", unit="layer", disable=not progress)):
+    bar = progress_bar(nodes, "threshold balancing", unit="layer", enabled=None if progress else False)
+    for index, node in enumerate(bar):
         statistic = _CurrentStatistic(percentile, seed + index)
 
         def record(module: nn.Module, inputs):
@@ -168,6 +169,8 @@ def convert(
         max_batches = check_positive_int("max_batches", max_batches)
     snn = snn_from_ann(ann, timesteps, leak=1.0, encoder=encoder or PoissonEncoder(seed=seed), backend=backend)
     snn.eval()
+    if progress:
+        log(f"convert {describe(ann)} to SNN-conv at T={timesteps} ({method}, percentile {percentile:g}, seed {seed})")
     if method == "spikingjelly":
         set_thresholds(snn.body, _spikingjelly_thresholds(ann, calibration_loader, percentile, max_batches))
     else:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .classifier import ImageClassifier
+from .progress import describe, log, progress as progress_bar
 from .validation import check_choice, check_positive, check_positive_int
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "evaluate_clean", "seed_everything", "train", "train_ann", "train_snn"]
@@ -52,7 +52,7 @@ def evaluate_clean(model: ImageClassifier, loader: Iterable, max_batches: Option
     loss_sum, correct, count = 0.0, 0, 0
     batches = itertools.islice(loader, max_batches) if max_batches is not None else loader
     with torch.no_grad():
-        for images, labels in tqdm(batches, desc="evaluate", leave=False, disable=not progress):
+        for images, labels in progress_bar(batches, "evaluate", unit="batch", enabled=None if progress else False):
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -118,12 +118,14 @@ def train(
     opt = _optimizer(params, optimizer, lr, momentum, weight_decay)
     sched = _scheduler(opt, schedule, epochs)
     history: List[Dict[str, float]] = []
+    if progress:
+        log(f"train {describe(model)} (seed {seed}): {epochs} epochs, {optimizer} lr {lr:g}")
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum, correct, count = 0.0, 0, 0
         batches = itertools.islice(train_loader, max_batches) if max_batches is not None else train_loader
-        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
-                   total=max_batches if max_batches is not None else _len_or_none(train_loader))
+        bar = progress_bar(batches, f"epoch {epoch}/{epochs}", unit="batch", enabled=None if progress else False,
+                           total=max_batches if max_batches is not None else _len_or_none(train_loader))
         for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
             opt.zero_grad(set_to_none=True)
@@ -148,7 +150,8 @@ def train(
             record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
         history.append(record)
         if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            log(f"  {describe(model)} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in record.items()))
         if on_epoch_end is not None:
             on_epoch_end(record)
     model.eval()
