@@ -293,3 +293,29 @@ def test_layers_without_a_spiking_counterpart_are_refused_with_what_to_do(bad, n
     with pytest.raises(TypeError) as error:
         spiking_twin(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), bad))
     assert all(name in str(error.value) for name in names), str(error.value)
+
+
+def test_memory_saving_pools_swaps_hand_built_pools_keeping_outputs_and_gradients():
+    import copy
+
+    from spikingjelly.activation_based import functional, layer
+
+    from snn_adv.models import memory_saving_pools
+    from snn_adv.models.spiking import AvgPool2d
+
+    torch.manual_seed(6)
+    net = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), LeakyLIFNode(leak=0.9), layer.AvgPool2d(2),
+                        nn.Sequential(layer.AvgPool2d(3, stride=2, padding=1)), layer.Flatten(), layer.Linear(4 * 7 * 7, 3))
+    functional.set_step_mode(net, "m")
+    swapped = memory_saving_pools(copy.deepcopy(net))
+    assert [type(m) for m in swapped.modules() if isinstance(m, nn.AvgPool2d)] == [AvgPool2d, AvgPool2d]
+    assert all(m.step_mode == "m" for m in swapped.modules() if isinstance(m, nn.AvgPool2d))
+    x = torch.rand(4, 2, 1, 28, 28, requires_grad=True)
+    outputs, gradients = [], []
+    for candidate in (net, swapped):
+        functional.reset_net(candidate)
+        y = candidate(x)
+        outputs.append(y)
+        gradients.append(torch.autograd.grad((y * torch.arange(3.0)).sum(), x)[0])
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(gradients[1], gradients[0])

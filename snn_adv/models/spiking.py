@@ -26,7 +26,7 @@ from ..neurons import LeakyLIFNode, spiking_neurons
 from ..validation import check_leak, check_positive
 from .folding import batchnorm_pairs, folded_layer
 
-__all__ = ["AvgPool2d", "spiking_twin", "set_thresholds", "get_thresholds"]
+__all__ = ["AvgPool2d", "get_thresholds", "memory_saving_pools", "set_thresholds", "spiking_twin"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -170,6 +170,20 @@ def spiking_twin(
     if thresholds is not None:
         set_thresholds(twin, thresholds)
     return twin
+
+
+def memory_saving_pools(net: nn.Module) -> nn.Module:
+    """Swap, in place, every average pool of a hand-built spiking network (SpikingJelly's ``layer.AvgPool2d`` or
+    torch's) for :class:`AvgPool2d`: same settings and step mode, same values and gradients, no saved
+    activations. Returns ``net``."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.AvgPool2d) and type(child) is not AvgPool2d:
+            c = child
+            setattr(net, name, AvgPool2d(c.kernel_size, c.stride, c.padding, c.ceil_mode, c.count_include_pad,
+                                         c.divisor_override, step_mode=getattr(c, "step_mode", "s")))
+        else:
+            memory_saving_pools(child)
+    return net
 
 
 def get_thresholds(net: nn.Module) -> list:
