@@ -148,7 +148,9 @@ def convert(
 ) -> SpikingClassifier:
     """ANN -> SNN-conv: the ANN's twin with IF neurons (leak 1) and balanced thresholds (module docstring).
 
-    :param ann: a trained :class:`AnnClassifier` (left unchanged; the SNN gets a copy of its weights).
+    :param ann: a trained :class:`AnnClassifier` (left unchanged; the SNN gets a copy of its weights). Its body may
+        use torch's layers or SpikingJelly's single-step ones; a BatchNorm right after a convolution or linear
+        layer is folded into it (:func:`~snn_adv.models.fold_batchnorm`); see :func:`~snn_adv.models.spiking_twin`.
     :param calibration_loader: yields ``(images in [0, 1], labels)``; a few thousand training images suffice.
     :param timesteps: T of the returned SNN, also used for calibration.
     :param method: ``'threshold-balancing'`` (Sengupta et al., spike-driven) or ``'spikingjelly'`` (ann2snn scales).
