@@ -99,9 +99,10 @@ def _refusal(module: nn.Module) -> str:
             "containers of them")
 
 
-def _twin_leaf(module: nn.Module, make_neuron: NeuronFactory) -> Optional[nn.Module]:
+def _twin_leaf(module: nn.Module, make_neuron: NeuronFactory, path: str) -> Optional[nn.Module]:
     """The multistep counterpart of one ANN layer (torch's layers and their subclasses, SpikingJelly's
-    single-step layers among them), or None if ``module`` is a container to recurse into."""
+    single-step layers among them), or None if ``module`` is a container to recurse into. ``path``: its name in
+    the body, for errors."""
     m = module
     if isinstance(m, nn.ReLU):
         return make_neuron()
@@ -124,20 +125,22 @@ def _twin_leaf(module: nn.Module, make_neuron: NeuronFactory) -> Optional[nn.Mod
     if isinstance(m, nn.Identity):
         return m
     if any(True for _ in m.parameters(recurse=False)) or not any(True for _ in m.children()):
-        raise TypeError(f"spiking_twin: layer {type(m).__name__} has no spiking counterpart; {_refusal(m)}")
+        where = f" ('{path}')" if path else ""
+        raise TypeError(f"spiking_twin: layer {type(m).__name__}{where} has no spiking counterpart; {_refusal(m)}")
     return None
 
 
-def _twin(module: nn.Module, make_neuron: NeuronFactory, folded: Dict[int, nn.Module]) -> nn.Module:
+def _twin(module: nn.Module, make_neuron: NeuronFactory, folded: Dict[int, nn.Module], path: str = "") -> nn.Module:
     module = folded.get(id(module), module)
-    leaf = _twin_leaf(module, make_neuron)
+    leaf = _twin_leaf(module, make_neuron, path)
     if leaf is not None:
         return leaf
     # A container: same class and attributes (its forward composes its children), children mapped; the
     # registries (parameters, buffers, hooks) are copied so the twin and the ANN stay separate modules.
     twin = module.__class__.__new__(module.__class__)
     twin.__dict__.update({key: value.copy() if isinstance(value, dict) else value for key, value in module.__dict__.items()})
-    twin._modules = {name: _twin(child, make_neuron, folded) for name, child in module._modules.items()}
+    twin._modules = {name: _twin(child, make_neuron, folded, f"{path}.{name}" if path else name)
+                     for name, child in module._modules.items()}
     return twin
 
 
