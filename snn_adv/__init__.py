@@ -20,7 +20,8 @@ with _warnings.catch_warnings():
     # SpikingJelly 0.0.0.0.14 compiles a few functions with torch.jit.script when imported, which torch
     # >= 2.10 deprecates with a FutureWarning: import the modules this package uses once, here, without it.
     _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-    from spikingjelly.activation_based import functional as _functional, layer as _layer  # noqa: F401  (and neuron, surrogate)
+    from spikingjelly.activation_based import functional as _functional  # noqa: F401  (imports neuron, surrogate)
+    from spikingjelly.activation_based import layer as _layer  # noqa: F401
 del _functional, _layer
 
 from . import checkpoints

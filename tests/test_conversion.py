@@ -144,7 +144,9 @@ def test_ann_with_batchnorm_converts_as_its_folded_ann(trained_pair, fmnist, met
     torch.manual_seed(5)
     ann = trained_pair.ann
     batchnorm = nn.BatchNorm2d(ann.body[0].out_channels).eval()
-    batchnorm.running_mean.uniform_(-0.5, 0.5), batchnorm.running_var.uniform_(0.5, 2), batchnorm.weight.data.uniform_(0.5, 2)
+    batchnorm.running_mean.uniform_(-0.5, 0.5)
+    batchnorm.running_var.uniform_(0.5, 2)
+    batchnorm.weight.data.uniform_(0.5, 2)
     body = nn.Sequential(ann.body[0], batchnorm, *ann.body[1:])
     make = lambda b: AnnClassifier(b, mean=ann.mean.flatten().tolist(), std=ann.std.flatten().tolist()).eval()
     calibration = loader(fmnist.train_x[:40], fmnist.train_y[:40], batch_size=40)
