@@ -15,7 +15,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from .studies import STUDIES, run_studies
-    from .study import load_config, parse_overrides
+    from .config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set or [])
     if args.data_root is not None:
