@@ -234,6 +234,38 @@ STUDY_SECTIONS: Dict[str, Section] = {
                           "attack": ATTACK}, required=("models", "perturbations", "attack")),
 }
 
+def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:
+    """(key path, T) of every timesteps value a config sets."""
+    models, studies = config.get("models", {}), config.get("studies", {})
+    found = [(f"models.{kind}.timesteps", models.get(kind, {}).get("timesteps")) for kind in ("snn_conv", "snn_bp")]
+    found += [(f"studies.timesteps.timesteps[{i}]", t) for i, t in enumerate(studies.get("timesteps", {}).get("timesteps", []))]
+    found.append(("studies.leak.timesteps", studies.get("leak", {}).get("timesteps")))
+    found += [(f"studies.layerwise.models[{i}].timesteps", m.get("timesteps"))
+              for i, m in enumerate(studies.get("layerwise", {}).get("models", [])) if isinstance(m, dict)]
+    return [(path, t) for path, t in found if isinstance(t, int) and not isinstance(t, bool) and t >= 1]
+
+
+def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """Every T of the config must fit one evaluation batch's encoded input in memory: fail at load, not after
+    models were trained for it (a lower bound of the need: see :func:`snn_adv.validation.check_fits_in_memory`)."""
+    import torch
+
+    from .data import DATASETS
+    from .validation import check_fits_in_memory
+
+    info = DATASETS.get(config.get("data", {}).get("dataset")) if isinstance(config.get("data"), dict) else None
+    batch = config.get("eval_batch_size")
+    if info is None or not isinstance(batch, int):
+        return  # reported by the schema
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for where, timesteps in _timesteps_of(config):
+        try:
+            check_fits_in_memory(where, timesteps, (timesteps, batch, info.in_channels, *info.input_size),
+                                 torch.float32, device, what="the encoded input [T, eval_batch_size, C, H, W] =")
+        except ValueError as error:
+            problems.append(str(error).replace("argument ", "config key ", 1))
+
+
 SCHEMA = Section({
     "preset": TEXT,
     "description": TEXT,
@@ -255,7 +287,7 @@ SCHEMA = Section({
                            "train_count": COUNT}, required=("timesteps", "epochs", "batch_size")),
     }, required=("arch", "seeds", "ann", "snn_conv", "snn_bp")),
     "studies": Section(STUDY_SECTIONS),
-}, required=("seed", "eval_seeds", "eval_batch_size", "data", "models", "studies"))
+}, required=("seed", "eval_seeds", "eval_batch_size", "data", "models", "studies"), extra=_check_timesteps_fit)
 
 #: ``--set`` keys that a study section's own key overrides: (global key path, key in a study section)
 SHADOWED_BY_STUDIES: Tuple[Tuple[str, str], ...] = (("data.test_count", "test_count"),)

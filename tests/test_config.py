@@ -127,3 +127,13 @@ def test_output_folder_must_be_writable(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(ValueError, match="cannot write there"):
         check_output_dir(locked)
+
+
+def test_a_timesteps_that_cannot_fit_in_memory_is_refused_at_load(tmp_path):
+    config = merge(json.loads(TINY.read_text()), {"models": {"snn_conv": {"timesteps": 10**12}}})
+    config["studies"]["timesteps"]["timesteps"] = [2, 10**13]
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, config))
+    assert [p.split(":")[0] for p in error.value.problems] == [
+        "config key 'models.snn_conv.timesteps' = 1000000000000", "config key 'studies.timesteps.timesteps[1]' = 10000000000000"]
+    assert "alone needs" in error.value.problems[0]
