@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from .io import PathLike
-from .study import merge
+from .config import merge
 
 __all__ = ["QUICKSTART_CONFIG", "TEST_BUDGET", "quickstart"]
 

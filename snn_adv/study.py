@@ -28,9 +28,6 @@ from .io import PathLike, atomic_write, atomic_write_json, provenance
 from .training import seed_everything
 
 __all__ = [
-    "load_config",
-    "merge",
-    "parse_overrides",
     "derive_seed",
     "cell_key",
     "CellStore",
@@ -44,59 +41,8 @@ Settings = Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Configs and seeds
+# Seeds (configs: snn_adv.config)
 # --------------------------------------------------------------------------------------------------------------
-def load_config(path: PathLike, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Read a JSON config file; ``overrides`` (nested dicts) are merged over it, key by key. A top-level
-    ``"extends": "base.json"`` (path relative to the file) starts from that config instead of from nothing.
-
-    JSON rather than TOML because the stdlib reads it on every supported Python (``tomllib`` is 3.11+).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"argument 'config' = {str(path)!r}: no such file")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"argument 'config' = {str(path)!r}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"argument 'config' = {str(path)!r}: must hold a JSON object at the top level")
-    base = config.pop("extends", None)  # "extends": "other.json" (relative to this file): its values, then ours
-    if base is not None:
-        config = merge(load_config(path.parent / base), config)
-    return merge(config, overrides or {})
-
-
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
-    """Recursive dict merge: values of ``override`` win; nested dicts are merged, not replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``["a.b=1", "c=[2, 3]"]`` -> ``{"a": {"b": 1}, "c": [2, 3]}`` (values are JSON; bare words are strings)."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"argument '--set' = {item!r}: must look like KEY=VALUE, e.g. data.test_count=200")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def canonical_json(obj: Any) -> str:
     """One string per value: sorted keys, no spaces (used for hashing settings)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
