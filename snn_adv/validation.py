@@ -5,6 +5,7 @@ what is allowed, so that a wrong setting fails at once instead of producing a si
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Iterable, Optional, Sequence, Union
@@ -146,10 +147,11 @@ def check_seed(name: str, value, allow_none: bool = True) -> Optional[int]:
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def _memory_of(device: torch.device) -> int:
-    """Total memory in bytes of ``device`` (a CUDA device's, or the machine's RAM for the CPU)."""
+    """Total memory in bytes of ``device`` (a CUDA device's, or the machine's RAM otherwise); read once per device."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
+        return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
