@@ -13,6 +13,13 @@ In SpikingJelly's terms this is ``LIFNode(tau=1/(1-leak), decay_input=False, v_r
 Unlike SpikingJelly's LIF/IF, whose ``eval()`` path is a hard step with no gradient, this neuron always takes the
 surrogate path when gradients are wanted (so attacks on an ``eval()`` model get input gradients), and a
 no-autograd path under ``torch.no_grad()``.
+
+The dynamics are written once, as the methods :meth:`LeakyLIFNode.charge` and :meth:`LeakyLIFNode.reset_after_spike`
+(the spike is ``H(h - v_th)``): single-step, the multistep torch loop and its backward (autograd through them) all
+run them, so a variant overrides one method (:class:`HardResetLIFNode`). The C++ kernel (CPU) and SpikingJelly's
+CuPy kernels are fast paths for the default dynamics, tested against this reference. How the spikes are
+differentiated is a :class:`BackwardRule` the neuron may be given (``node.backward_rule``, set by the attacks'
+gradient modes); without one, surrogate BPTT with ``surrogate_function``.
 """
 from __future__ import annotations
 
@@ -423,13 +430,14 @@ class LeakyLIFNode(neuron.LIFNode):
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.v_float_to_tensor(x_seq[0])
-        if self.store_v_seq:
-            # Reference loop, which records v[t] for inspection (layer-wise studies); slower.
-            return neuron.BaseNode.multi_step_forward(self, x_seq)
         needs_grad = torch.is_grad_enabled() and (
             x_seq.requires_grad or (isinstance(self.v, torch.Tensor) and self.v.requires_grad) or self.learnable_leak
         )
-        if self.backend == "cupy" and not (needs_grad and self.backward_rule is not None):
+        under_rule = needs_grad and self.backward_rule is not None  # a rule needs the fused autograd node below
+        if self.store_v_seq and not under_rule:
+            # Reference loop, which records v[t] for inspection (layer-wise studies); slower.
+            return neuron.BaseNode.multi_step_forward(self, x_seq)
+        if self.backend == "cupy" and not under_rule:
             spike_seq, v_seq = self._cupy_forward(x_seq)
             self.v = v_seq[-1].clone()
             return spike_seq

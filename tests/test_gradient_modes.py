@@ -65,6 +65,19 @@ def test_rate_mode_is_rga_rate_derivative(layer_input):
     assert math.isclose(gamma * knee + (1 - gamma * knee) / (top - knee) * (top - knee), 1.0)
 
 
+def test_rules_apply_while_the_node_records_its_membrane(layer_input):
+    """A node recording v[t] (layer-wise studies) still differentiates by the installed rule."""
+    x_seq, w = layer_input
+    node = LeakyLIFNode(leak=0.9, v_threshold=0.8)
+    with gradient_mode(node, "rate"):
+        _, expected = node_gradient(node, x_seq, w)
+        node.store_v_seq = True
+        _, grad = node_gradient(node, x_seq, w)
+    torch.testing.assert_close(grad, expected)
+    _, bptt = node_gradient(node, x_seq, w)
+    assert not torch.allclose(bptt, expected)
+
+
 @pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
 def test_hart_mode_is_time_averaged_triangle_surrogate(layer_input, width):
     x_seq, w = layer_input
