@@ -9,10 +9,10 @@ For VGG5 on 3x32x32 images, one process, interleaved repeats (medians), weights 
 * ``ann``:   T times one ANN attack step of the same body.
 
 Prints a readable table and one JSON object (``--out`` also writes it). ``--memory`` adds the peak memory of one
-BPTT step at T = 100, batch 32 (slow on CPU): CPU peak resident set above the pre-step level (Linux
+BPTT step (``--memory-timesteps``, default T = 100, ``--memory-batch`` 32; slow on CPU): CPU peak resident set above the pre-step level (Linux
 ``/proc/self/clear_refs``), CUDA ``max_memory_allocated``.
 
-    python experiments/benchmark.py [--timesteps 4 8 16] [--batch 64] [--repeats 5] [--memory] [--out f.json]
+    python experiments/benchmark.py [--timesteps 4 8 16] [--batch 64] [--repeats 5] [--memory] [--out f.json] [--markdown f.md]
 
 ``--keep-heap`` reruns the process with glibc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``): the large ``[T*N, ...]`` buffers of a multistep network are then
@@ -39,7 +39,7 @@ from snn_adv.classifier import AnnClassifier, SpikingClassifier
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.io import atomic_write_json, provenance
 from snn_adv.models import spiking_twin, vgg5
-from snn_adv.models.spiking import AvgPool2d
+from snn_adv.models.spiking import AvgPool2d, Conv2d, Linear
 from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear, cupy_available, spiking_neurons
 
 LEAK, V_TH = 0.99, 1.0
@@ -65,21 +65,31 @@ def build_models(device: torch.device, timesteps: int, time_chunks: Sequence[int
     stock = spiking_twin(ann, neuron_factory=lambda: neuron.LIFNode(
         tau=1.0 / (1.0 - LEAK), decay_input=False, v_threshold=V_TH, v_reset=None,
         surrogate_function=PiecewiseLinear(), step_mode="m", backend="torch"))
-    _use_spikingjelly_pooling(stock)
+    _use_spikingjelly_layers(stock)
     models["stock"] = SpikingClassifier(stock, PoissonEncoder(seed=0), timesteps, **norm).to(device).eval()
     for node in spiking_neurons(stock):
         node.train()  # the stock neuron's eval() path is a hard step without gradient; dropout stays off
     return models
 
 
-def _use_spikingjelly_pooling(net: nn.Module) -> None:
-    """Swap our activation-free ``AvgPool2d`` back to SpikingJelly's, so that ``stock`` is stock throughout."""
+def _use_spikingjelly_layers(net: nn.Module) -> None:
+    """Swap our lean-saving ``AvgPool2d``, ``Conv2d`` and ``Linear`` back to SpikingJelly's (same parameters), so
+    that ``stock`` is stock throughout."""
     for name, child in net.named_children():
         if isinstance(child, AvgPool2d):
             setattr(net, name, layer.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode,
                                                child.count_include_pad, child.divisor_override, step_mode="m"))
+        elif isinstance(child, Conv2d):
+            stock = layer.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, child.groups, child.bias is not None, child.padding_mode, step_mode="m")
+            stock.weight, stock.bias = child.weight, child.bias
+            setattr(net, name, stock)
+        elif isinstance(child, Linear):
+            stock = layer.Linear(child.in_features, child.out_features, child.bias is not None, step_mode="m")
+            stock.weight, stock.bias = child.weight, child.bias
+            setattr(net, name, stock)
         else:
-            _use_spikingjelly_pooling(child)
+            _use_spikingjelly_layers(child)
 
 
 def attack_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -171,17 +181,17 @@ def memory_rows(device: torch.device, timesteps: int = 100, batch: int = 32) -> 
     return out
 
 
-def table(rows: List[Dict], memory: Optional[Dict]) -> str:
+def table(rows: List[Dict], memory: Sequence[Dict] = ()) -> str:
     names = [k[:-6] for k in rows[0] if k.endswith("_ratio")] if rows else []
     lines = [] if not rows else ["| T | T ANN steps (s) | " + " | ".join(f"{n}: s (x T ANN; of minima)" for n in names) + " |",
              "| --- " * (2 + len(names)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r[n + '_s']:.3f} ({r[n + '_ratio']:.2f}x; {r[n + '_ratio_of_min']:.2f}x)" for n in names)
         lines.append(f"| {r['T']} | {r['T_ann_steps_s']:.3f} | {cells} |")
-    if memory:
-        lines.append(f"\nBPTT peak memory, T={memory['T']}, batch {memory['batch']}: " + ", ".join(
-            f"{k[:-9]} {v:.0f} MiB" for k, v in memory.items() if k.endswith("_peak_mib"))
-            + f"; ours/stock = {memory['ours_over_stock_peak']:.2f}")
+    for m in memory:
+        lines.append(f"\nBPTT peak memory, T={m['T']}, batch {m['batch']}: " + ", ".join(
+            f"{k[:-9]} {v:.0f} MiB" for k, v in m.items() if k.endswith("_peak_mib"))
+            + f"; ours/stock = {m['ours_over_stock_peak']:.2f}")
     return "\n".join(lines)
 
 
@@ -190,11 +200,14 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--timesteps", type=int, nargs="*", default=[4, 8, 16], help="none: memory only")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--memory", action="store_true", help="also the T=100, batch-32 peak memory (slow on CPU)")
+    parser.add_argument("--memory", action="store_true", help="also the BPTT peak memory (slow on CPU)")
+    parser.add_argument("--memory-timesteps", type=int, nargs="+", default=[100], help="T of the --memory runs")
+    parser.add_argument("--memory-batch", type=int, default=32, help="batch of the --memory runs")
     parser.add_argument("--time-chunks", type=int, nargs="*", default=[1, 4],
                         help="also time our SNN run this many timesteps at a time (SpikingClassifier.time_chunk)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="also write the JSON object here")
+    parser.add_argument("--markdown", help="also write the table here (markdown, with the device's name)")
     parser.add_argument("--keep-heap", action="store_true",
                         help="rerun with glibc keeping freed memory for reuse (faster multistep on CPU; see above)")
     args = parser.parse_args(argv)
@@ -204,15 +217,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_HEAP_ENV})  # glibc reads them at start
     device = torch.device(args.device)
     rows = time_steps(device, args.timesteps, args.batch, args.repeats, args.time_chunks)
-    memory = memory_rows(device) if args.memory else None
-    result = {"benchmark": "attack_step_vgg5_3x32x32", "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    memory = [memory_rows(device, T, args.memory_batch) for T in args.memory_timesteps] if args.memory else []
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"benchmark": "attack_step_vgg5_3x32x32", "device": str(device), "device_name": device_name,
               "threads": torch.get_num_threads(), "repeats": args.repeats, "keep_heap": args.keep_heap, "timing": rows, "memory": memory,
               "provenance": provenance()}
     print(table(rows, memory))
     print(json.dumps(result))
     if args.out:
         atomic_write_json(args.out, result)
+    if args.markdown:
+        with open(args.markdown, "w") as md:
+            md.write(f"Attack step of spiking VGG5 (3x32x32, batch {args.batch}) on {device_name}, {args.repeats} interleaved "
+                     f"repeats: seconds (median; multiples of T ANN steps: of medians; of minima)\n\n"
+                     f"{table(rows, memory)}\n")
     return result
 
 

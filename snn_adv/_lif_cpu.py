@@ -10,14 +10,20 @@ makes one pass each way, blocked so that a block of membranes stays in cache acr
               dL/dh[t] = dL/dv[t] + sg*(dL/ds[t] - r*dL/dv[t])   (r = v_th, or 0 with a detached reset)
               dL/dv[t-1] = leak*dL/dh[t];   dL/dleak = sum_t dL/dh[t]*v[t-1]
 
-Built with ``torch.utils.cpp_extension.load_inline`` (needs a C++ compiler and ninja) into torch's extension cache;
-where that fails, :func:`lif_kernel` returns None and the caller keeps its pure-torch path. Set
-``SNN_ADV_LIF_KERNEL=0`` to disable it.
+Built on first use with ``torch.utils.cpp_extension.load_inline`` (needs a C++ compiler and ninja), once per build
+key (a hash of the source, the flags and the torch and Python versions, so a binary built for another torch or an
+older source is never loaded) in :func:`kernel_cache_dir` (``$SNN_ADV_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/snn-adv/kernels``), under an exclusive file lock (concurrent processes wait for one build), with
+a one-line message on stderr while it compiles. Where the build fails, :func:`lif_kernel` returns None and the
+caller keeps its pure-torch path. Set ``SNN_ADV_LIF_KERNEL=0`` to disable it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 _SOURCE = r"""
@@ -80,12 +86,14 @@ void backward_impl(const scalar_t* __restrict__ gs, const scalar_t* __restrict__
                    scalar_t leak, scalar_t vth, scalar_t gamma, scalar_t width) {
   const scalar_t scale = gamma / width;
   const int64_t B = backward_block(T);
-  at::parallel_for(0, M, B, [&](int64_t begin, int64_t end) {
+  // Parallel over whole blocks (never over membranes: ATen's chunks need not be multiples of B), so that each
+  // block writes its own leak partial and the sum is the same for any number of threads.
+  at::parallel_for(0, (M + B - 1) / B, 1, [&](int64_t block_begin, int64_t block_end) {
     std::vector<scalar_t> h_buf(T * B), v_buf(B);
     scalar_t* __restrict__ hs = h_buf.data();
     scalar_t* __restrict__ vs = v_buf.data();
-    for (int64_t b = begin; b < end; b += B) {
-      const int64_t n = std::min(end, b + B) - b;
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t b = block * B, n = std::min(M, b + B) - b;
       // recompute h[t] for this block, bit for bit as the forward did (cheaper than storing it there)
       std::copy(v0 + b, v0 + b + n, vs);
       for (int64_t t = 0; t < T; ++t) {
@@ -107,11 +115,14 @@ void backward_impl(const scalar_t* __restrict__ gs, const scalar_t* __restrict__
         scalar_t* gxt = gx + t * M + b;
         leak_acc += backward_step<scalar_t, kDetach, kLeakGrad>(gst, ht, vp, gxt, gvb, n, reset, leak, vth, scale, width);
       }
-      if (kLeakGrad) leak_partial[b / B] = leak_acc;
+      if (kLeakGrad) leak_partial[block] = leak_acc;
     }
   });
 }
 }  // namespace
+
+// Membranes per block of the backward pass at T steps (exported for the tests, which size inputs in blocks).
+int64_t lif_backward_block(int64_t T) { return backward_block(T); }
 
 // x_seq [T, M], v [M] (updated in place to v[T-1]); returns (spikes, h or empty).
 std::vector<at::Tensor> lif_forward(at::Tensor x_seq, at::Tensor v, double leak, double vth, bool store_h) {
@@ -131,7 +142,7 @@ std::vector<at::Tensor> lif_backward(at::Tensor grad_s, at::Tensor x, at::Tensor
                                      double vth, double gamma, double width, bool detach_reset, bool leak_grad) {
   const int64_t T = x.size(0), M = x.numel() / std::max<int64_t>(T, 1);
   auto gx = at::empty_like(x);
-  std::vector<double> partial((M + backward_block(T) - 1) / backward_block(T) + 1, 0.0);
+  std::vector<double> partial((M + backward_block(T) - 1) / backward_block(T), 0.0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_backward", [&] {
     auto f = detach_reset ? (leak_grad ? backward_impl<scalar_t, true, true> : backward_impl<scalar_t, true, false>)
                           : (leak_grad ? backward_impl<scalar_t, false, true> : backward_impl<scalar_t, false, false>);
@@ -145,38 +156,72 @@ std::vector<at::Tensor> lif_backward(at::Tensor grad_s, at::Tensor x, at::Tensor
 }
 """
 
+_FUNCTIONS = ("lif_forward", "lif_backward", "lif_backward_block")
+_CFLAGS = ("-O3", "-fno-trapping-math", "-fopenmp")  # no traps: lets gcc vectorise the compares
+_LDFLAGS = ("-fopenmp",)
+
 _kernel = None
-_tried = False
+_tried = False  # whether the build was attempted in this process
+_disabled = False
+
+
+def kernel_cache_dir() -> Path:
+    """Folder of the compiled kernels: ``$SNN_ADV_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/snn-adv/kernels``
+    (``~/.cache/snn-adv/kernels``)."""
+    explicit = os.environ.get("SNN_ADV_KERNEL_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "snn-adv" / "kernels"
+
+
+def kernel_build_key() -> str:
+    """Hash of everything the binary depends on: source, exported functions, flags, torch and Python versions."""
+    import torch
+
+    parts = [_SOURCE, *_FUNCTIONS, *_CFLAGS, *_LDFLAGS, torch.__version__, sys.version, sys.platform]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _build() -> object:
+    """Compile (once per build key, under an exclusive file lock) or load the extension."""
+    import fcntl
+
+    from torch.utils.cpp_extension import load_inline
+
+    name = f"snn_adv_lif_cpu_{kernel_build_key()}"
+    build_dir = kernel_cache_dir() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
+        if not (build_dir / f"{name}.so").exists():
+            print(f"snn_adv: compiling the fused CPU LIF kernel (once per torch version, about a minute) in {build_dir}",
+                  file=sys.stderr, flush=True)
+        # torch's own lock file in the build folder outlives a killed build and would make load_inline wait
+        # forever; under our lock no other snn_adv build is running, so a leftover one is stale.
+        (build_dir / "lock").unlink(missing_ok=True)
+        # fresh lists: load_inline appends its own flags to the ones it is given
+        return load_inline(name=name, cpp_sources=_SOURCE, functions=list(_FUNCTIONS), extra_cflags=list(_CFLAGS),
+                           extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir), verbose=False)
 
 
 def lif_kernel():
-    """The compiled extension (functions ``lif_forward``, ``lif_backward``), or None where it cannot be built."""
+    """The compiled extension (functions ``lif_forward``, ``lif_backward``), or None where it cannot be built or is
+    disabled."""
     global _kernel, _tried
-    if _tried:
-        return _kernel
-    _tried = True
-    if os.environ.get("SNN_ADV_LIF_KERNEL", "1") == "0":
+    if _disabled or os.environ.get("SNN_ADV_LIF_KERNEL", "1") == "0":
         return None
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        _kernel = load_inline(
-            name="snn_adv_lif_cpu_v5",
-            cpp_sources=_SOURCE,
-            functions=["lif_forward", "lif_backward"],
-            extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp"],  # no traps: lets gcc vectorise the compares
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as error:  # no compiler / ninja / headers: keep the pure-torch path
-        warnings.warn(f"snn_adv: fused CPU LIF kernel unavailable ({error!s:.200}); using the torch loop")
-        _kernel = None
+    if not _tried:
+        _tried = True
+        try:
+            _kernel = _build()
+        except Exception as error:  # no compiler / ninja / headers: keep the pure-torch path
+            warnings.warn(f"snn_adv: fused CPU LIF kernel unavailable ({error!s:.200}); using the torch loop")
     return _kernel
 
 
 def kernel_enabled(enabled: Optional[bool] = None) -> bool:
-    """Query (or, with ``enabled``, force on/off for this process) the use of the fused kernel."""
-    global _kernel, _tried
+    """Query (or, with ``enabled``, switch on/off for this process) the use of the fused kernel."""
+    global _disabled
     if enabled is not None:
-        _tried, _kernel = (False, None) if enabled else (True, None)
+        _disabled = not enabled
     return lif_kernel() is not None

@@ -13,11 +13,19 @@ In SpikingJelly's terms this is ``LIFNode(tau=1/(1-leak), decay_input=False, v_r
 Unlike SpikingJelly's LIF/IF, whose ``eval()`` path is a hard step with no gradient, this neuron always takes the
 surrogate path when gradients are wanted (so attacks on an ``eval()`` model get input gradients), and a
 no-autograd path under ``torch.no_grad()``.
+
+The dynamics are written once, as the methods :meth:`LeakyLIFNode.charge` and :meth:`LeakyLIFNode.reset_after_spike`
+(the spike is ``H(h - v_th)``): single-step, the multistep torch loop and its backward (autograd through them) all
+run them, so a variant overrides one method (:class:`HardResetLIFNode`). The C++ kernel (CPU) and SpikingJelly's
+CuPy kernels are fast paths for the default dynamics, tested against this reference. How the spikes are
+differentiated is a :class:`BackwardRule` the neuron may be given (``node.backward_rule``, set by the attacks'
+gradient modes); without one, surrogate BPTT with ``surrogate_function``.
 """
 from __future__ import annotations
 
 import math
 import types
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -28,7 +36,10 @@ from spikingjelly.activation_based import neuron, surrogate
 from ._lif_cpu import lif_kernel
 from .validation import check_leak, check_positive
 
-__all__ = ["LeakyLIFNode", "PiecewiseLinear", "cupy_available", "lif_forward", "set_leak", "spiking_neurons", "surrogate_derivative"]
+__all__ = [
+    "BackwardRule", "HardResetLIFNode", "LeakyLIFNode", "PiecewiseLinear", "cupy_available", "set_leak", "spiking_neurons",
+    "surrogate_derivative",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,9 +133,41 @@ def surrogate_derivative(surrogate_function: Callable[[torch.Tensor], torch.Tens
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Fused multistep LIF (torch backend): one autograd node over all T that saves only the pre-reset membrane h.
-# On CPU it runs the C++ kernel of ``_lif_cpu`` (one pass over memory each way; its backward for PiecewiseLinear);
-# elsewhere, or where the kernel cannot be built, the torch loops below (any surrogate, CPU or GPU).
+# Backward rules: how the spikes are differentiated (the forward never changes)
+# --------------------------------------------------------------------------------------------------------------
+#: ``derivative(node, x_seq, h_seq) -> sg_seq``: the factor ``ds/dh`` at every step and membrane (like ``h_seq``).
+Derivative = Callable[["LeakyLIFNode", torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackwardRule:
+    """A backward rule given to a :class:`LeakyLIFNode` (``node.backward_rule``) in place of surrogate BPTT with its
+    own ``surrogate_function``. The node differentiates its own dynamics (:meth:`LeakyLIFNode.charge`,
+    :meth:`~LeakyLIFNode.reset_after_spike`), with the spike's derivative replaced by ``sg[t]``::
+
+        s[t] = H(h[t] - v_th) in the forward, ds[t]/dh[t] = sg[t] in the backward
+
+    :param derivative: ``sg_seq`` from the input currents and pre-reset membranes, called once per forward (with
+        gradients enabled), so a rule may keep state across the forwards of an attack.
+    :param temporal: keep the path through the membrane over time (BPTT); False detaches ``v[t-1]`` at every step.
+    :param time_average: replace every step's input gradient by its mean over time.
+    """
+
+    derivative: Derivative
+    temporal: bool = True
+    time_average: bool = False
+
+
+def _spike_with_derivative(h: torch.Tensor, v_th: float, sg: torch.Tensor) -> torch.Tensor:
+    """``H(h - v_th)`` whose derivative with respect to ``h`` is ``sg`` (straight through: the bracket is 0)."""
+    return (h >= v_th).to(h).detach() + (h - h.detach()) * sg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fused multistep LIF (torch backend): one autograd node over all T that saves only the input current.
+# On CPU with the default dynamics, surrogate and rule, the C++ kernel of ``_lif_cpu`` (one pass over memory each
+# way; checked against the reference by the tests); otherwise the reference: the node's own charge/fire/reset in
+# a torch loop, differentiated by autograd step by step (any surrogate, any rule, any variant, CPU or GPU).
 # --------------------------------------------------------------------------------------------------------------
 def _cpu_kernel(x_seq: torch.Tensor):
     """The compiled CPU kernel when it applies to ``x_seq`` (a CPU float32/float64 tensor), else None."""
@@ -133,77 +176,47 @@ def _cpu_kernel(x_seq: torch.Tensor):
     return lif_kernel()
 
 
-def lif_forward(x_seq: torch.Tensor, v: torch.Tensor, leak: float, v_th: float, store_h: bool):
-    """Run the dynamics over T. Returns (spikes [T, ...], v[T-1], h [T, ...] if ``store_h`` else None)."""
-    kernel = _cpu_kernel(x_seq)
-    if kernel is not None:
-        v_flat = v.to(x_seq.dtype).reshape(-1).clone()  # the kernel updates it in place to v[T-1]
-        spike_seq, h_seq = kernel.lif_forward(x_seq.contiguous().view(x_seq.shape[0], -1), v_flat, leak, v_th, store_h)
-        return spike_seq.view(x_seq.shape), v_flat.view(x_seq.shape[1:]), h_seq.view(x_seq.shape) if store_h else None
-    spike_seq = torch.empty_like(x_seq)
-    h_seq = torch.empty_like(x_seq) if store_h else None
-    for t in range(x_seq.shape[0]):
-        h = torch.add(x_seq[t], v, alpha=leak) if leak != 1.0 else x_seq[t] + v
-        if store_h:
-            h_seq[t] = h
-        spike_seq[t] = h >= v_th
-        v = torch.sub(h, spike_seq[t], alpha=v_th)
-    return spike_seq, v, h_seq
-
-
 class _MultiStepLIF(torch.autograd.Function):
-    """BPTT through ``h[t] = leak*v[t-1] + I[t]``, ``s[t] = H(h[t]-v_th)``, ``v[t] = h[t] - v_th*s[t]``.
+    """BPTT over T steps of ``node``'s dynamics. Saves the input ``I`` and ``v[-1]`` (plus ``sg`` under a rule);
+    the backward recomputes the membranes and differentiates each step (or, on the kernel, the closed form)::
 
-    Backward, with ``sg[t] = ds/dh`` from the surrogate and ``r = 0`` if the reset is detached else ``v_th``::
-
-        dL/dv[t]  = leak * dL/dh[t+1]                (dL/dv[T-1] from the final-state gradient)
-        dL/dh[t]  = dL/ds[t] * sg[t] + dL/dv[t] * (1 - r * sg[t])
-        dL/dI[t]  = dL/dh[t];   dL/dv[-1] = leak * dL/dh[0];   dL/dleak = sum_t dL/dh[t] * v[t-1]
+        dL/dh[t] = dL/ds[t] * sg[t] + dL/dv[t] * dv[t]/dh[t],   dL/dv[t-1] = dL/dh[t] * dh[t]/dv[t-1]
+        dL/dI[t] = dL/dh[t] * dh[t]/dI[t],                      dL/dleak = sum_t dL/dh[t] * dh[t]/dleak
     """
 
     @staticmethod
-    def forward(ctx, x_seq, v_init, leak, v_th, surrogate_function, detach_reset):
-        leak_value = float(leak)
-        # CPU kernel with PiecewiseLinear: save the input, its backward recomputes h block by block
-        ctx.kernel = _cpu_kernel(x_seq) if type(surrogate_function) is PiecewiseLinear and surrogate_function.spiking else None
-        spike_seq, v_last, h_seq = lif_forward(x_seq, v_init, leak_value, v_th, store_h=ctx.kernel is None)
-        ctx.save_for_backward(x_seq if ctx.kernel is not None else h_seq, v_init)
-        ctx.leak, ctx.leak_is_tensor = leak_value, isinstance(leak, torch.Tensor)
-        ctx.v_th, ctx.surrogate_function, ctx.detach_reset = v_th, surrogate_function, detach_reset
+    def forward(ctx, x_seq, v_init, leak, node: "LeakyLIFNode"):
+        leak_value, rule = float(leak), node.backward_rule
+        sg_fn = node.surrogate_function
+        spike_seq, v_last, h_seq = node.run_dynamics(x_seq, v_init, leak_value, store_h=rule is not None)
+        # the kernel's closed-form backward: for the default dynamics, surrogate and rule (else the reference)
+        ctx.kernel = (_cpu_kernel(x_seq) if rule is None and node.has_default_dynamics()
+                      and type(sg_fn) is PiecewiseLinear and sg_fn.spiking else None)
+        ctx.surrogate_args = (sg_fn.alpha, sg_fn.width) if ctx.kernel is not None else None
+        sg_seq = rule.derivative(node, x_seq, h_seq) if rule is not None else None
+        ctx.save_for_backward(x_seq, v_init, sg_seq)
+        ctx.leak, ctx.leak_is_tensor, ctx.node, ctx.rule = leak_value, isinstance(leak, torch.Tensor), node, rule
         return spike_seq, v_last
 
     @staticmethod
     def backward(ctx, grad_spike_seq, grad_v_last):
-        saved, v_init = ctx.saved_tensors  # x_seq for the kernel, else h_seq
+        x_seq, v_init, sg_seq = ctx.saved_tensors
+        node, T = ctx.node, x_seq.shape[0]
         if grad_spike_seq is None:
-            grad_spike_seq = torch.zeros_like(saved)
-        grad_v = grad_v_last if grad_v_last is not None else torch.zeros_like(saved[0])
-        sg_fn, T = ctx.surrogate_function, saved.shape[0]
+            grad_spike_seq = torch.zeros_like(x_seq)
+        grad_v = grad_v_last if grad_v_last is not None else torch.zeros_like(x_seq[0])
         if ctx.kernel is not None:
-            grad_v = grad_v.to(saved.dtype).reshape(-1).clone()  # updated in place to dL/dv[-1]
+            grad_v = grad_v.to(x_seq.dtype).reshape(-1).clone()  # updated in place to dL/dv[-1]
             grad_x_seq, grad_leak = ctx.kernel.lif_backward(
-                grad_spike_seq.contiguous().view(T, -1), saved.contiguous().view(T, -1),
-                v_init.to(saved.dtype).reshape(-1).contiguous(), grad_v, ctx.leak, ctx.v_th, sg_fn.alpha,
-                sg_fn.width, ctx.detach_reset, ctx.leak_is_tensor,
+                grad_spike_seq.contiguous().view(T, -1), x_seq.contiguous().view(T, -1),
+                v_init.to(x_seq.dtype).reshape(-1).contiguous(), grad_v, ctx.leak, node.v_threshold,
+                *ctx.surrogate_args, node.detach_reset, ctx.leak_is_tensor,
             )
-            return (grad_x_seq.view(saved.shape), grad_v.view(saved.shape[1:]),
-                    grad_leak if ctx.leak_is_tensor else None, None, None, None)
-        h_seq = saved
-        leak, v_th = ctx.leak, ctx.v_th
-        grad_x_seq = torch.empty_like(h_seq)
-        grad_leak = h_seq.new_zeros(()) if ctx.leak_is_tensor else None
-        for t in range(h_seq.shape[0] - 1, -1, -1):
-            sg = surrogate_derivative(sg_fn, h_seq[t] - v_th)
-            if ctx.detach_reset:
-                grad_h = torch.addcmul(grad_v, grad_spike_seq[t], sg)
-            else:
-                grad_h = grad_v + sg * (grad_spike_seq[t] - v_th * grad_v)
-            grad_x_seq[t] = grad_h
-            if grad_leak is not None:
-                v_prev = h_seq[t - 1] - v_th * (h_seq[t - 1] >= v_th).to(h_seq) if t > 0 else v_init
-                grad_leak = grad_leak + (grad_h * v_prev).sum()
-            grad_v = grad_h * leak
-        return grad_x_seq, grad_v, grad_leak, None, None, None
+            return (grad_x_seq.view(x_seq.shape), grad_v.view(x_seq.shape[1:]),
+                    grad_leak if ctx.leak_is_tensor else None, None)
+        grad_x_seq, grad_v, grad_leak = node.differentiate_dynamics(
+            x_seq, v_init, ctx.leak, ctx.rule, sg_seq, grad_spike_seq, grad_v, ctx.leak_is_tensor)
+        return grad_x_seq, grad_v, grad_leak, None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,9 +250,6 @@ def cupy_available() -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # The neuron
 # --------------------------------------------------------------------------------------------------------------
-GradientOverride = Callable[["LeakyLIFNode", torch.Tensor], torch.Tensor]
-
-
 class LeakyLIFNode(neuron.LIFNode):
     r"""Leaky integrate-and-fire neuron with soft reset: ``u[t] = leak*u[t-1] + I[t]``, spike when
     ``u[t] >= v_threshold``, then ``u[t] -= v_threshold``. ``leak = 1`` is SpikingJelly's ``IFNode(v_reset=None)``.
@@ -290,9 +300,9 @@ class LeakyLIFNode(neuron.LIFNode):
             self.leak_param = nn.Parameter(torch.tensor(leak))
         else:
             self._leak = leak
-        #: When set (by :mod:`snn_adv.attacks`' gradient modes), replaces the multistep forward while gradients
-        #: are enabled: ``override(node, x_seq) -> spike_seq``, same spikes, another backward rule.
-        self.gradient_override: Optional[GradientOverride] = None
+        #: When set (by :mod:`snn_adv.attacks`' gradient modes), how the multistep spikes are differentiated
+        #: instead of surrogate BPTT with ``surrogate_function`` (same spikes, another backward).
+        self.backward_rule: Optional[BackwardRule] = None
 
     # ---------------------------------------------------------------- threshold
     @property
@@ -329,9 +339,89 @@ class LeakyLIFNode(neuron.LIFNode):
             f"step_mode={self.step_mode}, backend={self.backend}, learnable_leak={self.learnable_leak}"
         )
 
-    # ---------------------------------------------------------------- dynamics
+    # ---------------------------------------------------------------- dynamics (written once)
+    # Every path runs these: single-step, the multistep torch loop and its backward (autograd through them), the
+    # inspection loop of ``store_v_seq``. The C++ and CuPy kernels implement the default ones and are used only
+    # while a node has them (:meth:`has_default_dynamics`); the tests check both against this reference.
+    # A neuron variant overrides these methods and nothing else (see :class:`HardResetLIFNode`).
+    def charge(self, v: torch.Tensor, x: torch.Tensor, leak: Union[float, torch.Tensor]) -> torch.Tensor:
+        """Pre-reset membrane ``h[t] = leak * v[t-1] + I[t]``."""
+        return leak * v + x
+
+    def reset_after_spike(self, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+        """Membrane after the step: soft reset ``v[t] = h[t] - v_th * s[t]``."""
+        return h - self.v_threshold * spike
+
+    def has_default_dynamics(self) -> bool:
+        """Whether this node runs :class:`LeakyLIFNode`'s own charge and reset (what the fused kernels compute)."""
+        cls = type(self)
+        return cls.charge is LeakyLIFNode.charge and cls.reset_after_spike is LeakyLIFNode.reset_after_spike
+
+    def run_dynamics(self, x_seq: torch.Tensor, v: torch.Tensor, leak: float, store_h: bool, store_v: bool = False):
+        """The forward over T without autograd: (spikes, v[T-1], h [T, ...] if ``store_h``); with ``store_v`` the
+        third item is instead ``v[t-1]`` for every step (the membranes the backward starts each step from)."""
+        with torch.no_grad():
+            kernel = _cpu_kernel(x_seq) if self.has_default_dynamics() and not store_v else None
+            if kernel is not None:
+                v_flat = v.to(x_seq.dtype).reshape(-1).clone()  # the kernel updates it in place to v[T-1]
+                spike_seq, h_seq = kernel.lif_forward(x_seq.contiguous().view(x_seq.shape[0], -1), v_flat, leak,
+                                                      self.v_threshold, store_h)
+                return spike_seq.view(x_seq.shape), v_flat.view(x_seq.shape[1:]), h_seq.view(x_seq.shape) if store_h else None
+            spike_seq = torch.empty_like(x_seq)
+            stored = torch.empty_like(x_seq) if store_h or store_v else None
+            v = v.to(x_seq.dtype).expand_as(x_seq[0])
+            for t in range(x_seq.shape[0]):
+                if store_v:
+                    stored[t] = v
+                h = self.charge(v, x_seq[t], leak)
+                if store_h:
+                    stored[t] = h
+                spike_seq[t] = h >= self.v_threshold
+                v = self.reset_after_spike(h, spike_seq[t])
+        return spike_seq, v, stored
+
+    def differentiate_dynamics(self, x_seq: torch.Tensor, v_init: torch.Tensor, leak: float, rule: Optional[BackwardRule],
+                               sg_seq: Optional[torch.Tensor], grad_spike_seq: torch.Tensor, grad_v: torch.Tensor,
+                               leak_grad: bool):
+        """The reference backward: autograd through :meth:`charge`, the spike and :meth:`reset_after_spike`, step by
+        step from ``T-1`` down (or all steps at once when the rule is not temporal), with the spike's derivative
+        from ``surrogate_function`` or, under ``rule``, ``sg_seq``. Returns (dL/dI, dL/dv[-1], dL/dleak or None)."""
+        temporal = rule is None or rule.temporal
+        _, _, v_prev_seq = self.run_dynamics(x_seq, v_init, leak, store_h=False, store_v=True)
+        leak_var = torch.tensor(leak, dtype=x_seq.dtype, device=x_seq.device, requires_grad=True) if leak_grad else leak
+
+        def step(x, v_prev, sg, grad_s, grad_v_next):
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                h = self.charge(v_prev, x, leak_var)
+                spike = (self.surrogate_function(h - self.v_threshold) if sg is None
+                         else _spike_with_derivative(h, self.v_threshold, sg))
+                v = self.reset_after_spike(h, spike.detach() if self.detach_reset else spike)
+                inputs = [x] + ([v_prev] if v_prev.requires_grad else []) + ([leak_var] if leak_grad else [])
+                grads = torch.autograd.grad([spike, v], inputs, [grad_s, grad_v_next], allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for g in grads]
+            return grads[0], (grads[1] if v_prev.requires_grad else None), (grads[-1] if leak_grad else None)
+
+        if not temporal:  # v[t-1] detached: every step at once
+            grad_x_seq, _, grad_leak = step(x_seq, v_prev_seq, sg_seq, grad_spike_seq, torch.zeros_like(x_seq))
+            grad_v = None
+        else:
+            grad_x_seq, grad_leak = torch.empty_like(x_seq), (x_seq.new_zeros(()) if leak_grad else None)
+            for t in range(x_seq.shape[0] - 1, -1, -1):
+                v_prev = v_prev_seq[t].detach().requires_grad_(True)
+                grad_x_seq[t], grad_v, grad_leak_t = step(
+                    x_seq[t], v_prev, None if sg_seq is None else sg_seq[t], grad_spike_seq[t], grad_v)
+                if leak_grad:
+                    grad_leak = grad_leak + grad_leak_t
+        if rule is not None and rule.time_average:
+            grad_x_seq = grad_x_seq.mean(0, keepdim=True).expand_as(grad_x_seq)
+        return grad_x_seq, grad_v, grad_leak
+
     def neuronal_charge(self, x: torch.Tensor) -> None:
-        self.v = self.leak * self.v + x
+        self.v = self.charge(self.v, x, self.leak)
+
+    def neuronal_reset(self, spike: torch.Tensor) -> None:
+        self.v = self.reset_after_spike(self.v, spike.detach() if self.detach_reset else spike)
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         # BaseNode's charge-fire-reset with the surrogate, in train and eval alike (LIFNode's eval path is a
@@ -339,25 +429,22 @@ class LeakyLIFNode(neuron.LIFNode):
         return neuron.BaseNode.single_step_forward(self, x)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if self.gradient_override is not None and torch.is_grad_enabled():
-            return self.gradient_override(self, x_seq)
         self.v_float_to_tensor(x_seq[0])
-        if self.store_v_seq:
-            # Reference loop, which records v[t] for inspection (layer-wise studies); slower.
-            return neuron.BaseNode.multi_step_forward(self, x_seq)
-        if self.backend == "cupy":
-            spike_seq, v_seq = self._cupy_forward(x_seq)
-            self.v = v_seq[-1].clone()
-            return spike_seq
         needs_grad = torch.is_grad_enabled() and (
             x_seq.requires_grad or (isinstance(self.v, torch.Tensor) and self.v.requires_grad) or self.learnable_leak
         )
+        under_rule = needs_grad and self.backward_rule is not None  # a rule needs the fused autograd node below
+        if self.store_v_seq and not under_rule:
+            # Reference loop, which records v[t] for inspection (layer-wise studies); slower.
+            return neuron.BaseNode.multi_step_forward(self, x_seq)
+        if self.backend == "cupy" and not under_rule:
+            spike_seq, v_seq = self._cupy_forward(x_seq)
+            self.v = v_seq[-1].clone()
+            return spike_seq
         if needs_grad:
-            spike_seq, self.v = _MultiStepLIF.apply(
-                x_seq, self.v, self.leak, self.v_threshold, self.surrogate_function, self.detach_reset
-            )
+            spike_seq, self.v = _MultiStepLIF.apply(x_seq, self.v, self.leak, self)
         else:  # inference: no autograd state, nothing stored
-            spike_seq, self.v, _ = lif_forward(x_seq, self.v, float(self.leak), self.v_threshold, store_h=False)
+            spike_seq, self.v, _ = self.run_dynamics(x_seq, self.v, float(self.leak), store_h=False)
         return spike_seq
 
     def _cupy_forward(self, x_seq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -366,6 +453,8 @@ class LeakyLIFNode(neuron.LIFNode):
             raise RuntimeError("backend='cupy' needs CuPy and a CUDA device; use backend='torch' here")
         if self.learnable_leak:
             raise NotImplementedError("learnable_leak runs on backend='torch'; the CuPy LIF kernel takes a fixed leak")
+        if not self.has_default_dynamics():
+            raise NotImplementedError(f"{type(self).__name__} runs on backend='torch'; the CuPy kernels compute LeakyLIFNode's dynamics")
         if not x_seq.is_cuda:
             raise ValueError("backend='cupy' needs CUDA tensors; move the model and data with .cuda()")
         _patch_spikingjelly_numpy_int()
@@ -401,6 +490,23 @@ class LeakyLIFNode(neuron.LIFNode):
                 x_flat, v_flat, self.v_threshold, None, 1.0 - leak, self.forward_kernel, self.backward_kernel
             )
         return spike_seq.reshape(x_seq.shape), v_seq.reshape(x_seq.shape)
+
+
+class HardResetLIFNode(LeakyLIFNode):
+    """A neuron variant in one place: :class:`LeakyLIFNode` with a hard reset to ``v_reset`` after a spike::
+
+        v[t] = h[t] * (1 - s[t]) + v_reset * s[t]
+
+    Only :meth:`reset_after_spike` differs; every path (single-step, multistep, BPTT and the gradient modes) follows
+    from it. It runs the reference torch path (the fused kernels compute the soft reset).
+    """
+
+    def __init__(self, *args, v_reset: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hard_reset_value = float(v_reset)
+
+    def reset_after_spike(self, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+        return h * (1.0 - spike) + self.hard_reset_value * spike
 
 
 def _tau_of(leak: float) -> float:

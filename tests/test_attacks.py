@@ -101,7 +101,7 @@ def test_attacker_surrogate_attacks_and_is_restored(snn, data):
     x, y = data
     adv = PGD(snn, eps=0.5, alpha=0.1, steps=8, surrogate=surrogate.ATan(alpha=4.0), seed=0)(x, y)
     assert accuracy(snn, adv, y) <= 0.05
-    assert node.surrogate_function is own and node.gradient_override is None
+    assert node.surrogate_function is own and node.backward_rule is None
 
 
 def test_fgsm_and_pgd_lower_snn_accuracy(snn, data):

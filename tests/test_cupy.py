@@ -1,9 +1,10 @@
-"""CuPy backend (SpikingJelly's CUDA kernels) against the torch backend: outputs and gradients. GPU only."""
+"""CuPy backend (SpikingJelly's CUDA kernels) against the reference dynamics (the torch backend, which on CUDA is the
+neuron's own charge/fire/reset differentiated by autograd): outputs and gradients. GPU only."""
 import pytest
 import torch
 from spikingjelly.activation_based import surrogate
 
-from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear, cupy_available
+from snn_adv.neurons import BackwardRule, HardResetLIFNode, LeakyLIFNode, PiecewiseLinear, cupy_available
 
 pytestmark = [
     pytest.mark.gpu,
@@ -51,3 +52,22 @@ def test_cupy_rejects_cpu_tensors_and_learnable_leak():
         LeakyLIFNode(0.9, backend="cupy")(torch.rand(3, 4))
     with pytest.raises(NotImplementedError, match="learnable_leak"):
         LeakyLIFNode(0.9, backend="cupy", learnable_leak=True).cuda()(torch.rand(3, 4, device="cuda"))
+
+
+def test_cupy_node_under_a_backward_rule_runs_the_reference():
+    """A gradient mode's rule on a CuPy node: same spikes as the CuPy forward, the rule's gradient."""
+    x = torch.rand(6, 4, 32, device="cuda") * 1.5
+    node = LeakyLIFNode(0.9, backend="cupy")
+    spikes_cupy = node(x)
+    node.reset()
+    node.backward_rule = BackwardRule(lambda n, xs, h: torch.ones_like(h), temporal=False)
+    xi = x.clone().requires_grad_(True)
+    spikes = node(xi)
+    (grad,) = torch.autograd.grad(spikes.sum(), xi)
+    assert torch.equal(spikes, spikes_cupy)
+    torch.testing.assert_close(grad, torch.ones_like(grad))
+
+
+def test_cupy_refuses_other_dynamics():
+    with pytest.raises(NotImplementedError, match="HardResetLIFNode"):
+        HardResetLIFNode(0.9, backend="cupy").cuda()(torch.rand(3, 4, device="cuda"))

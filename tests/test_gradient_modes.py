@@ -7,8 +7,7 @@ from spikingjelly.activation_based import functional
 
 from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
 from snn_adv.attacks import ASSG, HART, PDSG, PGD, RateGradient, gradient_mode
-from snn_adv.attacks.gradients import replaced_backward
-from snn_adv.neurons import LeakyLIFNode
+from snn_adv.neurons import BackwardRule, LeakyLIFNode
 
 
 def lif_membranes(x_seq, leak, v_th):
@@ -38,12 +37,13 @@ def layer_input():
 
 
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_replaced_backward_reproduces_native_bptt(layer_input, detach_reset):
+def test_backward_rule_of_the_own_surrogate_reproduces_native_bptt(layer_input, detach_reset):
+    """A rule giving the node's own surrogate derivative runs the reference backward: it equals the default (on CPU
+    the C++ kernel's closed form)."""
     x_seq, w = layer_input
     node = LeakyLIFNode(leak=0.9, v_threshold=0.8, detach_reset=detach_reset)
     spikes, native = node_gradient(node, x_seq, w)
-    node.gradient_override = lambda n, x: replaced_backward(
-        n, x, lambda n, xs, h: n.surrogate_function.derivative(h - n.v_threshold), temporal=True, time_average=False)
+    node.backward_rule = BackwardRule(lambda n, xs, h: n.surrogate_function.derivative(h - n.v_threshold))
     spikes_replaced, replaced = node_gradient(node, x_seq, w)
     assert torch.equal(spikes, spikes_replaced)
     torch.testing.assert_close(replaced, native)
@@ -63,6 +63,19 @@ def test_rate_mode_is_rga_rate_derivative(layer_input):
     torch.testing.assert_close(grad, expected)
     # the rate model integrates to 1 at beta*v_th: gamma*knee + slope*(top - knee) = 1
     assert math.isclose(gamma * knee + (1 - gamma * knee) / (top - knee) * (top - knee), 1.0)
+
+
+def test_rules_apply_while_the_node_records_its_membrane(layer_input):
+    """A node recording v[t] (layer-wise studies) still differentiates by the installed rule."""
+    x_seq, w = layer_input
+    node = LeakyLIFNode(leak=0.9, v_threshold=0.8)
+    with gradient_mode(node, "rate"):
+        _, expected = node_gradient(node, x_seq, w)
+        node.store_v_seq = True
+        _, grad = node_gradient(node, x_seq, w)
+    torch.testing.assert_close(grad, expected)
+    _, bptt = node_gradient(node, x_seq, w)
+    assert not torch.allclose(bptt, expected)
 
 
 @pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
@@ -110,7 +123,7 @@ def test_pdsg_sigma_is_cumulative_std_per_channel():
 def test_modes_keep_the_forward_and_are_restored(mode, snn, data):
     model, x = snn, data[0][:8]
     nodes = [m for m in model.modules() if isinstance(m, LeakyLIFNode)]
-    before = [(n.surrogate_function, n.gradient_override) for n in nodes]
+    before = [(n.surrogate_function, n.backward_rule) for n in nodes]
     model.encoder.manual_seed(3)
     with torch.no_grad():
         plain = model(x)
@@ -118,10 +131,10 @@ def test_modes_keep_the_forward_and_are_restored(mode, snn, data):
     with gradient_mode(model, mode), torch.enable_grad():
         patched = model(x.clone().requires_grad_(True))
     torch.testing.assert_close(patched.detach(), plain)
-    assert [(n.surrogate_function, n.gradient_override) for n in nodes] == before
+    assert [(n.surrogate_function, n.backward_rule) for n in nodes] == before
     with pytest.raises(RuntimeError), gradient_mode(model, mode):
         raise RuntimeError("inside")
-    assert [(n.surrogate_function, n.gradient_override) for n in nodes] == before
+    assert [(n.surrogate_function, n.backward_rule) for n in nodes] == before
 
 
 def test_bptt_input_gradient_is_sum_over_t_of_encoder_spike_gradients(snn, data):

@@ -7,7 +7,7 @@ import torch
 from spikingjelly.activation_based import functional, neuron
 
 from snn_adv import _lif_cpu
-from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear, set_leak, spiking_neurons, surrogate_derivative
+from snn_adv.neurons import HardResetLIFNode, LeakyLIFNode, PiecewiseLinear, set_leak, spiking_neurons, surrogate_derivative
 
 
 @pytest.fixture(autouse=True, params=["cpu_kernel", "torch_loop"])
@@ -281,3 +281,32 @@ def test_invalid_surrogate_raises(kwargs):
 def test_unknown_backend_raises():
     with pytest.raises(NotImplementedError, match="nonsense"):
         LeakyLIFNode(0.9, backend="nonsense")
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_hard_reset_variant_matches_its_hand_written_loop(step_mode, detach_reset):
+    """A variant overrides one method (reset_after_spike); spikes, membrane and BPTT follow in every path."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(9, 4, 6, generator=g, dtype=torch.float64) * 1.6 - 0.2).requires_grad_(True)
+    weights = torch.randn(9, 4, 6, generator=g, dtype=torch.float64)
+    node = HardResetLIFNode(0.8, 1.0, PiecewiseLinear(0.3, 1.0), detach_reset=detach_reset, step_mode=step_mode,
+                            v_reset=0.2)
+    spikes = _run(node, x)
+    (grad,) = torch.autograd.grad((spikes * weights).sum() + node.v.sum(), x)
+
+    v, ref_spikes = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        h = 0.8 * v + x[t]
+        s = _spike(h - 1.0, 0.3, 1.0)
+        r = s.detach() if detach_reset else s
+        v = h * (1 - r) + 0.2 * r
+        ref_spikes.append(s)
+    ref_spikes = torch.stack(ref_spikes)
+    (ref_grad,) = torch.autograd.grad((ref_spikes * weights).sum() + v.sum(), x)
+    assert 0 < spikes.sum() < spikes.numel()
+    assert torch.equal(spikes, ref_spikes.detach())
+    torch.testing.assert_close(node.v, v.detach())
+    torch.testing.assert_close(grad, ref_grad)
+    # and it differs from the soft reset it replaces
+    assert not torch.equal(spikes, _run(LeakyLIFNode(0.8, 1.0, step_mode=step_mode), x.detach()))

@@ -47,4 +47,4 @@ def test_pgd_and_fgsm_on_snn_stay_in_the_ball_in_every_mode(x, eps, mode, eot, s
     adv = PGD(SNN, eps=eps, alpha=eps / 2 + 1e-3, steps=steps, grad_mode=mode, eot=eot, seed=0)(x, labels)
     assert_threat_model(adv, x, eps)
     assert_threat_model(FGSM(SNN, eps=eps, grad_mode=mode)(x, labels), x, eps)
-    assert all(n.gradient_override is None for n in SNN.neurons())
+    assert all(n.backward_rule is None for n in SNN.neurons())

@@ -1,8 +1,11 @@
 r"""Gradient modes: how an attack differentiates through the spiking neurons of its source model.
 
 Every mode keeps the forward pass (the spikes, hence the logits) exactly as it is and changes only the backward
-rule of each spiking layer. A mode is installed for the duration of one attack call by :func:`gradient_mode`, a
-context manager that always restores the neurons (``surrogate_function``, ``gradient_override``) on exit.
+rule of each spiking layer: a mode gives each neuron a :class:`~snn_adv.neurons.BackwardRule` (the spike's
+derivative ``sg``, whether the membrane path over time is kept, whether the input gradient is averaged over time);
+the neuron differentiates its own dynamics with it. A mode is installed for the duration of one attack call by
+:func:`gradient_mode`, a context manager that always restores the neurons (``surrogate_function``,
+``backward_rule``) on exit.
 
 Notation for one :class:`~snn_adv.neurons.LeakyLIFNode` layer over ``T`` steps (input current ``I[t]``, pre-reset
 membrane ``h[t] = leak*v[t-1] + I[t]``, spikes ``s[t] = H(h[t] - v_th)``, soft reset ``v[t] = h[t] - v_th*s[t]``,
@@ -47,7 +50,7 @@ incoming gradient ``g[t] = dL/ds[t]``, ``sg`` a surrogate derivative ``ds/dh``):
     with ``sigma[t]`` the standard deviation of ``h[0..t]`` over time, batch and space, per channel for
     convolutional layers (``[T, N, C, H, W]``) and over the whole layer otherwise.
 
-Modes other than ``bptt`` act through :attr:`LeakyLIFNode.gradient_override`, so they need our neuron;
+Modes other than ``bptt`` act through :attr:`LeakyLIFNode.backward_rule`, so they need our neuron;
 ``bptt`` with an attacker surrogate swaps ``surrogate_function`` and works on stock SpikingJelly neurons too.
 """
 from __future__ import annotations
@@ -59,7 +62,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..neurons import LeakyLIFNode, PiecewiseLinear, lif_forward, spiking_neurons, surrogate_derivative
+from ..neurons import BackwardRule, LeakyLIFNode, PiecewiseLinear, spiking_neurons, surrogate_derivative
 from ..validation import check_choice, check_fraction, check_positive
 
 __all__ = [
@@ -75,61 +78,6 @@ __all__ = [
 ]
 
 Surrogate = Callable[[torch.Tensor], torch.Tensor]
-#: ``derivative(node, x_seq, h_seq) -> sg_seq``: the per-element factor of a replaced backward (``x = h - v_th``).
-Derivative = Callable[[LeakyLIFNode, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# One backward for every replaced rule
-# --------------------------------------------------------------------------------------------------------------
-class _ReplacedBackward(torch.autograd.Function):
-    """Forward: the precomputed spikes. Backward, from ``sg[t]`` (a tensor like the spikes)::
-
-        temporal:      dL/dh[t] = dL/dv[t] + sg[t]*(g[t] - r*dL/dv[t]),  dL/dv[t-1] = leak*dL/dh[t]
-        not temporal:  dL/dh[t] = g[t]*sg[t]
-        time_average:  dL/dI[t] = mean_t' dL/dh[t']       (else dL/dI[t] = dL/dh[t])
-
-    with ``r = v_th`` (or 0 when the reset is detached).
-    """
-
-    @staticmethod
-    def forward(ctx, x_seq, spike_seq, sg_seq, leak: float, reset: float, temporal: bool, time_average: bool):
-        ctx.save_for_backward(sg_seq)
-        ctx.leak, ctx.reset, ctx.temporal, ctx.time_average = leak, reset, temporal, time_average
-        return spike_seq
-
-    @staticmethod
-    def backward(ctx, grad_spike_seq):
-        (sg_seq,) = ctx.saved_tensors
-        if ctx.temporal:
-            grad_x_seq = torch.empty_like(sg_seq)
-            grad_v = torch.zeros_like(sg_seq[0])
-            for t in range(sg_seq.shape[0] - 1, -1, -1):
-                grad_h = grad_v + sg_seq[t] * (grad_spike_seq[t] - ctx.reset * grad_v)
-                grad_x_seq[t] = grad_h
-                grad_v = grad_h * ctx.leak
-        else:
-            grad_x_seq = grad_spike_seq * sg_seq
-        if ctx.time_average:
-            grad_x_seq = grad_x_seq.mean(0, keepdim=True).expand_as(grad_x_seq)
-        return grad_x_seq, None, None, None, None, None, None
-
-
-def replaced_backward(
-    node: LeakyLIFNode, x_seq: torch.Tensor, derivative: Derivative, *, temporal: bool, time_average: bool
-) -> torch.Tensor:
-    """Run ``node``'s dynamics on ``x_seq`` (identical spikes) with the backward rule of :class:`_ReplacedBackward`.
-
-    Assumes the node starts from a fresh state (``SpikingClassifier`` resets before every forward); the gradient
-    with respect to the initial membrane is not propagated.
-    """
-    with torch.no_grad():
-        node.v_float_to_tensor(x_seq[0])
-        spike_seq, v_last, h_seq = lif_forward(x_seq.detach(), node.v.detach(), float(node.leak), node.v_threshold, True)
-        sg_seq = derivative(node, x_seq.detach(), h_seq)
-    node.v = v_last
-    reset = 0.0 if node.detach_reset else float(node.v_threshold)
-    return _ReplacedBackward.apply(x_seq, spike_seq, sg_seq, float(node.leak), reset, temporal, time_average)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -139,8 +87,8 @@ class GradientMode:
     """Base class. :meth:`install` patches the neurons of a model; :func:`gradient_mode` restores them."""
 
     name = "mode"
-    #: whether the mode needs :class:`LeakyLIFNode` (a ``gradient_override``) rather than any SpikingJelly neuron
-    needs_override = True
+    #: whether the mode needs :class:`LeakyLIFNode` (a ``backward_rule``) rather than any SpikingJelly neuron
+    needs_backward_rule = True
 
     def settings(self) -> Dict:
         """The mode and its parameters, for result provenance."""
@@ -149,9 +97,10 @@ class GradientMode:
     def install(self, nodes: List[nn.Module]) -> None:
         """Patch ``nodes`` for one attack call (called inside :func:`gradient_mode`, which restores them)."""
         for node in nodes:
-            node.gradient_override = self.override_for(node)
+            node.backward_rule = self.rule_for(node)
 
-    def override_for(self, node: LeakyLIFNode) -> Callable[[LeakyLIFNode, torch.Tensor], torch.Tensor]:
+    def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
+        """The backward rule ``node`` gets for one attack call."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -167,7 +116,7 @@ class BPTT(GradientMode):
     """
 
     name = "bptt"
-    needs_override = False
+    needs_backward_rule = False
 
     def __init__(self, surrogate: Optional[Surrogate] = None):
         self.surrogate = surrogate
@@ -208,12 +157,12 @@ class RateGradient(GradientMode):
         high = (mean_current >= knee) & (mean_current <= top)
         return low.to(mean_current) * self.gamma + high.to(mean_current) * slope
 
-    def override_for(self, node: LeakyLIFNode):
+    def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
         def derivative(node: LeakyLIFNode, x_seq: torch.Tensor, h_seq: torch.Tensor) -> torch.Tensor:
             factor = self.rate_derivative(x_seq.mean(0, keepdim=True), float(node.leak), float(node.v_threshold))
             return factor.expand_as(x_seq)
 
-        return lambda node, x_seq: replaced_backward(node, x_seq, derivative, temporal=False, time_average=True)
+        return BackwardRule(derivative, temporal=False, time_average=True)
 
 
 class HART(GradientMode):
@@ -233,11 +182,11 @@ class HART(GradientMode):
     def settings(self) -> Dict:
         return {"name": self.name, "width": self.width, "surrogate": repr(self.surrogate) if self._custom_surrogate else None}
 
-    def override_for(self, node: LeakyLIFNode):
+    def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
         def derivative(node: LeakyLIFNode, x_seq: torch.Tensor, h_seq: torch.Tensor) -> torch.Tensor:
             return surrogate_derivative(self.surrogate, h_seq - node.v_threshold)
 
-        return lambda node, x_seq: replaced_backward(node, x_seq, derivative, temporal=False, time_average=True)
+        return BackwardRule(derivative, temporal=False, time_average=True)
 
 
 class ASSG(GradientMode):
@@ -262,7 +211,7 @@ class ASSG(GradientMode):
     def settings(self) -> Dict:
         return {"name": self.name, "vanishing": self.vanishing, "relax": self.relax, "momentum": list(self.momentum)}
 
-    def override_for(self, node: LeakyLIFNode):
+    def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
         state: Dict[str, torch.Tensor] = {}  # fresh per install, i.e. per attack call
         b1, b2 = self.momentum
 
@@ -275,7 +224,7 @@ class ASSG(GradientMode):
             alpha = self.scale / (state["M"] + self.relax * state["D"] + 1e-4)
             return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
 
-        return lambda node, x_seq: replaced_backward(node, x_seq, derivative, temporal=True, time_average=False)
+        return BackwardRule(derivative)
 
 
 class PDSG(GradientMode):
@@ -297,13 +246,13 @@ class PDSG(GradientMode):
         sigma = variance.clamp(min=0).sqrt()
         return torch.where(sigma > 0, sigma, torch.ones_like(sigma))
 
-    def override_for(self, node: LeakyLIFNode):
+    def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
         def derivative(node: LeakyLIFNode, x_seq: torch.Tensor, h_seq: torch.Tensor) -> torch.Tensor:
             sigma = self.cumulative_std(h_seq)
             x = h_seq - node.v_threshold
             return torch.exp(-(((x - 0.5 * sigma) / (math.sqrt(2) * sigma)) ** 2)) / (math.sqrt(2 * math.pi) * sigma)
 
-        return lambda node, x_seq: replaced_backward(node, x_seq, derivative, temporal=True, time_average=False)
+        return BackwardRule(derivative)
 
 
 GRADIENT_MODES: Dict[str, type] = {cls.name: cls for cls in (BPTT, RateGradient, HART, ASSG, PDSG)}
@@ -337,19 +286,19 @@ def gradient_mode(model: nn.Module, mode: Union[str, GradientMode] = "bptt", sur
     is_default = isinstance(resolved, BPTT) and resolved.surrogate is None
     if not nodes and not is_default:
         raise ValueError(f"argument 'grad_mode' = {resolved!r}: needs a spiking model; this model has no spiking neurons")
-    if resolved.needs_override:
+    if resolved.needs_backward_rule:
         stock = sorted({type(n).__name__ for n in nodes if not isinstance(n, LeakyLIFNode)})
         if stock:
             raise ValueError(
                 f"argument 'grad_mode' = {resolved.name!r}: needs snn_adv.neurons.LeakyLIFNode neurons, the model has {stock}; "
                 "use 'bptt' (optionally with surrogate=...) for stock SpikingJelly neurons"
             )
-    saved = [(n, n.surrogate_function, getattr(n, "gradient_override", None)) for n in nodes]
+    saved = [(n, n.surrogate_function, getattr(n, "backward_rule", None)) for n in nodes]
     try:
         resolved.install(nodes)
         yield resolved
     finally:
-        for node, surrogate_function, override in saved:
+        for node, surrogate_function, rule in saved:
             node.surrogate_function = surrogate_function
             if isinstance(node, LeakyLIFNode):
-                node.gradient_override = override
+                node.backward_rule = rule

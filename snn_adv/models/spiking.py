@@ -4,7 +4,8 @@
 Layer map (torch's layers and their subclasses, SpikingJelly's single-step layers included; stateless layers act
 on each timestep of ``[T, N, ...]``)::
 
-    nn.Conv2d  -> layer.Conv2d      nn.Linear  -> layer.Linear     nn.AvgPool2d -> AvgPool2d (saves no input)
+    nn.Conv2d  -> Conv2d            nn.Linear  -> Linear           nn.AvgPool2d -> AvgPool2d (saves no input)
+    (Conv2d, Linear: SpikingJelly's, saving no input for the input gradient and 1-byte spikes for the weights')
     nn.Flatten -> layer.Flatten     nn.Dropout -> layer.Dropout    (one mask for all T, as Rathi et al.; 2d too)
     nn.ReLU    -> LeakyLIFNode      nn.AdaptiveAvgPool2d -> layer.AdaptiveAvgPool2d
     BatchNorm right after Conv/Linear -> folded into it       nn.Identity, containers -> kept, children mapped
@@ -26,7 +27,8 @@ from ..neurons import LeakyLIFNode, spiking_neurons
 from ..validation import check_leak, check_positive
 from .folding import batchnorm_pairs, folded_layer
 
-__all__ = ["AvgPool2d", "get_thresholds", "memory_saving_pools", "set_thresholds", "spiking_twin"]
+__all__ = ["AvgPool2d", "Conv2d", "Linear", "compact_spikes", "get_thresholds", "memory_saving_pools", "set_thresholds",
+           "spiking_twin"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -63,6 +65,67 @@ class AvgPool2d(layer.AvgPool2d):
             return _AvgPool2dSavingNothing.apply(x, *args)
         y = _AvgPool2dSavingNothing.apply(x.flatten(0, 1), *args)
         return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def compact_spikes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``int8`` when that is exact (spikes 0/1, signed encoder spikes, spike counts), else ``x`` itself:
+    what a layer fed by spikes keeps for its weight gradient (1 byte instead of 4 per value)."""
+    if x.is_floating_point():
+        packed = x.to(torch.int8)
+        if torch.equal(packed.to(x.dtype), x):
+            return packed
+    return x
+
+
+class _SavingCompactInput(torch.autograd.Function):
+    """``F.conv2d`` / ``F.linear`` whose backward keeps the input only for the weight gradient, and then as
+    :func:`compact_spikes`: the input gradient needs the weight alone, yet torch's convolution saves its input
+    always (in float32), and its linear whenever the weight needs a gradient. Same values and gradients (the same
+    ATen backward kernels run)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv_args):
+        ctx.input_meta, ctx.conv_args = (x.shape, x.dtype), conv_args
+        ctx.save_for_backward(weight, compact_spikes(x) if weight.requires_grad else None)
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        return F.linear(x, weight, bias) if conv_args is None else F.conv2d(x, weight, bias, *conv_args)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, packed = ctx.saved_tensors
+        shape, dtype = ctx.input_meta
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x = packed.to(dtype) if packed is not None else None
+        if ctx.conv_args is None:  # linear on [..., in]: the matmuls of torch's own backward
+            grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_x = grad_2d.mm(weight).view(shape) if need_x else None
+            grad_w = grad_2d.t().mm(x.reshape(-1, shape[-1])) if need_w else None
+            grad_b = grad_2d.sum(0) if need_b else None
+            return grad_x, grad_w, grad_b, None
+        stride, padding, dilation, groups = ctx.conv_args
+        x_or_shape = x if x is not None else grad_out.new_empty(1).expand(shape)  # sizes only without need_w
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x_or_shape, weight, ctx.bias_sizes, _pair(stride), _pair(padding), _pair(dilation), False,
+            [0, 0], groups, [need_x, need_w, need_b])
+        return grad_x, grad_w, grad_b, None
+
+
+class Conv2d(layer.Conv2d):
+    """SpikingJelly's ``Conv2d`` that keeps no input for the input gradient and a 1-byte copy of spikes for the
+    weight gradient (see :class:`_SavingCompactInput`); same values and gradients."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(x, weight, bias)
+        return _SavingCompactInput.apply(x, weight, bias, (self.stride, self.padding, self.dilation, self.groups))
+
+
+class Linear(layer.Linear):
+    """SpikingJelly's ``Linear`` that keeps a 1-byte copy of spikes for the weight gradient and no input otherwise
+    (see :class:`_SavingCompactInput`); same values and gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SavingCompactInput.apply(x, self.weight, self.bias, None)
 
 
 def _share(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -107,11 +170,11 @@ def _twin_leaf(module: nn.Module, make_neuron: NeuronFactory, path: str) -> Opti
     if isinstance(m, nn.ReLU):
         return make_neuron()
     if isinstance(m, nn.Conv2d):
-        new = layer.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                           m.bias is not None, m.padding_mode, step_mode="m")
+        new = Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                     m.bias is not None, m.padding_mode, step_mode="m")
         return _share(new, m)
     if isinstance(m, nn.Linear):
-        return _share(layer.Linear(m.in_features, m.out_features, m.bias is not None, step_mode="m"), m)
+        return _share(Linear(m.in_features, m.out_features, m.bias is not None, step_mode="m"), m)
     if isinstance(m, nn.AvgPool2d):
         return AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override, step_mode="m")
     if isinstance(m, nn.AdaptiveAvgPool2d):
