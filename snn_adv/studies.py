@@ -34,7 +34,8 @@ from . import plots
 from .classifier import ImageClassifier, SpikingClassifier
 from .distributed import dist_info, sharded_counts
 from .encoding import PoissonEncoder
-from .evaluation import Check, check_monotone_in_eps, check_whitebox_vs_blackbox, warn_failures
+from .evaluation import Check, warn_failures
+from .evaluation._tolerance_checks import check_monotone_in_eps, check_whitebox_vs_blackbox  # until ported
 from .io import PathLike, atomic_write, atomic_write_json, provenance
 from .neurons import LeakyLIFNode
 from .study import CellStore, cell_key, derive_seed, mean_std, run_cells, write_table
