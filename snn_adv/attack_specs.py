@@ -14,11 +14,14 @@ sweep's whitebox/blackbox modes), ``alpha_over_eps`` (PGD step relative to eps i
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
-__all__ = ["ATTACK_NAMES", "METADATA_KEYS", "at_eps", "attack_label", "build_attack", "build_surrogate"]
+__all__ = ["ATTACK_NAMES", "METADATA_KEYS", "at_eps", "attack_label", "build_attack", "build_surrogate",
+           "check_protocols", "load_attacks"]
 
 ATTACK_NAMES = ("clean", "fgsm", "pgd", "ensemble", "torchattacks")
 METADATA_KEYS = ("label", "snn_only", "study_modes")
@@ -86,3 +89,47 @@ def build_attack(spec: Mapping[str, Any], model: nn.Module, seed: int = 0) -> Op
             kwargs["n_classes"] = dataset_info(model.arch["dataset"]).num_classes
         return cls(model, **kwargs)
     raise ValueError(f"argument 'attack' = {name!r}: must be one of {', '.join(map(repr, ATTACK_NAMES))}")
+
+
+def check_protocols(specs: Sequence[Mapping[str, Any]], targets: Mapping[str, nn.Module], where: str) -> None:
+    """Refuse, before any work, an entry whose protocol does not fit a target it will run on
+    (:func:`snn_adv.evaluation.check_attack_protocol`: AutoAttack other than ``version='rand'`` on a stochastic
+    model). ``where`` names the entries in the message (e.g. ``"config studies.strong.attacks"``); entries with
+    ``snn_only`` skip targets without spiking neurons."""
+    from .evaluation import check_attack_protocol
+    from .neurons import spiking_neurons
+
+    for i, spec in enumerate(specs):
+        for name, model in targets.items():
+            if spec.get("snn_only") and not spiking_neurons(model):
+                continue
+            try:
+                check_attack_protocol(spec, model)
+            except ValueError as error:
+                raise ValueError(f"{where}[{i}] ({attack_label(spec)}) on target {name}: {error}") from None
+
+
+def load_attacks(source: str, study: str = "robustness") -> List[Dict[str, Any]]:
+    """Attack entries from a JSON file (a list of entries, or an object with ``"attacks"``) or from the section
+    ``studies.<study>`` of a preset or config file (e.g. ``"cpu"``)."""
+    from .cells import load_config
+    from .configs import config_path
+
+    path = Path(source)
+    data = json.loads(path.read_text()) if path.is_file() and path.suffix == ".json" else None
+    if isinstance(data, list):
+        specs = data
+    elif isinstance(data, dict) and "attacks" in data:
+        specs = data["attacks"]
+    else:
+        config = load_config(config_path(source))
+        section = config.get("studies", {}).get(study, {})
+        if "attacks" not in section:
+            raise ValueError(f"argument 'attacks' = {source!r}: the config has no studies.{study}.attacks "
+                             f"(studies with attack lists: {sorted(k for k, v in config.get('studies', {}).items() if 'attacks' in v)})")
+        specs = section["attacks"]
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or spec.get("name") not in ATTACK_NAMES:
+            raise ValueError(f"argument 'attacks' = {source!r}: entry {i} = {spec!r} must be an object whose 'name' is "
+                             f"one of {', '.join(map(repr, ATTACK_NAMES))}")
+    return [dict(spec) for spec in specs]

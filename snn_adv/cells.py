@@ -233,17 +233,36 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _with_interval(columns: Sequence[str]) -> List[str]:
+    """The columns ``c`` of ``columns`` that come with ``c_low`` and ``c_high`` (an interval)."""
+    return [c for c in columns if f"{c}_low" in columns and f"{c}_high" in columns]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """A GitHub markdown table of ``rows`` restricted to ``columns`` (floats to 4 significant digits)."""
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    """A GitHub markdown table of ``rows`` restricted to ``columns`` (floats to 4 significant digits). A column ``c``
+    with companions ``c_low`` and ``c_high`` is shown as one column ``c [low, high]``."""
+    intervals = _with_interval(columns)
+    bounds = {f"{c}_{end}" for c in intervals for end in ("low", "high")}
+    shown = [c for c in columns if c not in bounds]
+
+    def cell(row: Mapping[str, Any], column: str) -> str:
+        if column in intervals and isinstance(row.get(column), (int, float)):
+            return f"{_fmt(row[column])} [{_fmt(row[column + '_low'])}, {_fmt(row[column + '_high'])}]"
+        return _fmt(row.get(column))
+
+    header = [f"{c} [low, high]" if c in intervals else c for c in shown]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in shown) + " |"]
+    lines += ["| " + " | ".join(cell(row, c) for c in shown) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], stem: PathLike) -> str:
-    """Write ``stem.md`` (markdown) and ``stem.csv`` atomically; return the markdown."""
+def write_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], stem: PathLike,
+                markdown: Optional[str] = None) -> str:
+    """Write ``stem.md`` (markdown, intervals as ``value [low, high]``) and ``stem.csv`` (every column numeric,
+    intervals as ``c, c_low, c_high``) atomically; return the markdown. ``markdown`` replaces the markdown form
+    (e.g. a wide table of the same numbers)."""
     stem = Path(stem)
-    markdown = markdown_table(rows, columns)
+    markdown = markdown_table(rows, columns) if markdown is None else markdown
     with atomic_write(stem.with_suffix(".md"), "w") as handle:
         handle.write(markdown)
     buffer = io.StringIO()

@@ -29,19 +29,19 @@ def run(tmp_path_factory):
 
 def test_quickstart_writes_table_plot_and_all_pairs(run, capsys):
     folder = run / "robustness"
-    for name in ("table.md", "table.csv", "table.json", "cells.csv", "accuracy.png"):
+    for name in ("table.md", "table.csv", "table.json", "checks.md", "comparisons.md", "accuracy.png"):
         assert (folder / name).is_file(), name
-    rows = json.loads((folder / "cells.json").read_text())["rows"]
+    rows = json.loads((folder / "table.json").read_text())["rows"]
     pairs = {(r["target"], r["mode"], r["source"], r["attack"]) for r in rows}
     for target in ("ANN", "SNN-conv", "SNN-BP"):
         assert (target, "whitebox", "", "PGD") in pairs
         for source in ("ANN'", "SNN-conv'", "SNN-BP'"):  # blackbox incl. the cross pairs, separately seeded sources
             assert (target, "blackbox", source, "FGSM") in pairs
-    clean = {r["target"]: r["accuracy_mean"] for r in rows if r["condition"] == "clean"}
+    clean = {r["target"]: r["accuracy"] for r in rows if r["condition"] == "clean"}
     assert clean["ANN"] > 30  # trained: well above the 10 % of chance even on the tiny budget
     provenance = json.loads((folder / "table.json").read_text())["provenance"]
     assert provenance["snn_adv"] and provenance["torch"]
-    assert "| model | clean |" in (folder / "table.md").read_text()
+    assert "| model | clean [low, high] |" in (folder / "table.md").read_text()
 
 
 def test_quickstart_rerun_resumes_without_recomputing(run, capsys):

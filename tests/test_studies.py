@@ -34,12 +34,8 @@ def test_every_study_writes_table_csv_json_plots_and_cells(tiny_run):
         folder = out / name
         table = (folder / "table.md").read_text()
         assert table.startswith("| ")
-        if name in ("robustness", "eps"):  # self-checks: whitebox vs blackbox, accuracy vs eps
-            checks = json.loads((folder / "checks.json").read_text())
-            assert checks and all(c["passed"] in (True, False) for c in checks)
-            assert tables[name] == table + "\n" + (folder / "checks.md").read_text()
-        else:
-            assert tables[name] == table
+        sections = [(folder / f).read_text() for f in ("checks.md", "comparisons.md") if (folder / f).is_file()]
+        assert all(s in tables[name] for s in [table, *sections]), name  # what run_study returns is what it wrote
         assert (folder / "table.csv").is_file() and list(folder.glob("*.png")), name
         for cell in (folder / "cells").glob("*.json"):
             record = json.loads(cell.read_text())
@@ -48,28 +44,63 @@ def test_every_study_writes_table_csv_json_plots_and_cells(tiny_run):
         f"{k}-{r}" for k in ("ann", "snn_conv", "snn_bp") for r in ("main", "source"))
 
 
-def test_robustness_table_counts_are_consistent(tiny_run):
+def test_self_check_verdicts_come_from_their_paired_tests(tiny_run):
+    out, *_ = tiny_run
+    rows = {(r["target"], r["condition"]): r for r in _rows(out, "robustness")}
+    seen = set()
+    for name in ("robustness", "eps", "leak"):
+        for check in json.loads((out / name / "checks.json").read_text()):
+            values = check["values"]
+            p_value = values.get("p_value_corrected", values.get("comparison", {}).get("p_value"))
+            assert check["passed"] is (p_value >= 1 - values["level"]), check  # the verdict is the test's
+            seen.add(check["name"].split("[")[0])
+            if check["name"].startswith("whitebox_not_weaker_than_transfer") and name == "robustness":
+                target, attack = check["detail"].split(":")[0].split(", ")
+                source = check["name"].split("[")[1].rstrip("']")
+                assert values["whitebox"] * 100 == pytest.approx(rows[(target, f"{attack} WB")]["accuracy"])
+                assert values["transfer"] * 100 == pytest.approx(rows[(target, f"{attack} BB from {source}")]["accuracy"])
+    assert seen == {"whitebox_not_weaker_than_transfer", "not_weaker_than_FGSM", "accuracy_falls_with_eps"}
+
+
+def test_robustness_table_has_intervals_and_common_random_numbers(tiny_run):
+    from scipy.stats import binomtest
+
+    from snn_adv.studies.common import results_of
+
     out, config, _, _ = tiny_run
-    rows = _rows(out, "robustness", "cells")
-    n = config["data"]["test_count"]
+    rows = _rows(out, "robustness")
+    n, seeds = config["data"]["test_count"], len(config["eval_seeds"])
     # 3 targets x (clean + 2 attacks x (whitebox + 3 blackbox sources))
-    assert len(rows) == 3 * (1 + 2 * 4) and all(r["n_images"] == n for r in rows)
+    assert len(rows) == 3 * (1 + 2 * 4) and all(r["n_images"] == n and r["n_seeds"] == seeds for r in rows)
     for r in rows:
-        assert 0 <= r["accuracy_mean"] <= 100 and r["n_seeds"] == len(config["eval_seeds"])
-        # an accuracy over n images is a multiple of 100/n for each seed, so the mean is a multiple of 100/(n*seeds)
-        assert (r["accuracy_mean"] * n * r["n_seeds"] / 100) == pytest.approx(round(r["accuracy_mean"] * n * r["n_seeds"] / 100))
+        if r["accuracy"] is not None:
+            assert 0 <= r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] <= 100
+            # an accuracy over n images and S seeds is a multiple of 100/(n*S)
+            assert r["accuracy"] * n * seeds / 100 == pytest.approx(round(r["accuracy"] * n * seeds / 100))
     ann = {r["condition"]: r for r in rows if r["target"] == "ANN"}
-    assert ann["clean"]["accuracy_std"] == 0.0  # a deterministic ANN has no Poisson spread
-    assert ann["PGD WB"]["accuracy_mean"] <= ann["clean"]["accuracy_mean"]
+    # a deterministic ANN: binary per-image outcomes, so the interval is the exact Clopper-Pearson one
+    exact = binomtest(round(ann["clean"]["accuracy"] * n / 100), n).proportion_ci(0.95, "exact")
+    assert (ann["clean"]["accuracy_low"], ann["clean"]["accuracy_high"]) == pytest.approx((100 * exact.low, 100 * exact.high))
+    assert ann["PGD WB"]["accuracy"] <= ann["clean"]["accuracy"]
+    # every cell scores a target on the same Poisson draws: its clean outcomes are identical in every cell
+    clean = {}
+    for cell in (out / "robustness" / "cells").glob("*.json"):
+        for target, result in results_of(json.loads(cell.read_text())).items():
+            clean.setdefault(target, []).append(result.clean_correct)
+    assert clean.keys() == {"ann", "snn_conv", "snn_bp"}
+    for outcomes in clean.values():
+        assert len(outcomes) >= 4 and all((o == outcomes[0]).all() for o in outcomes)
 
 
 def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):
     out, *_ = tiny_run
     for r in _rows(out, "eps"):
         if r["eps"] == 0:
-            assert r["adv_mean"] == r["clean_mean"]
+            assert (r["adversarial"], r["adversarial_low"], r["adversarial_high"]) == (r["clean"], r["clean_low"], r["clean_high"])
     kinds = {r["model"] for r in _rows(out, "eps")}
     assert kinds == {"ANN", "SNN-BP"}
+    comparisons = json.loads((out / "eps" / "comparisons.json").read_text())["rows"]
+    assert {c["b"] for c in comparisons} == {"eps 0/255"} and all(c["verdict"] for c in comparisons)
 
 
 def test_layerwise_relative_change_against_hand_computation(tiny_run):
@@ -251,3 +282,54 @@ def test_orphan_temporary_files_are_removed_unless_another_run_is_live(tiny_run)
         assert orphan.is_file()
     run_study("eps", config, out, zoo=zoo, progress=False)
     assert not orphan.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stochastic-model protocol and `snn-adv evaluate`
+# ---------------------------------------------------------------------------------------------------------------
+def test_autoattack_standard_on_a_stochastic_target_is_refused_before_training(tmp_path):
+    from snn_adv.studies import run_studies
+
+    config = load_config(TINY)
+    autoattack = {"name": "torchattacks", "class": "AutoAttack", "kwargs": {"norm": "Linf", "eps": 0.1}}
+    config["studies"]["strong"]["attacks"].append(autoattack)  # version 'standard' by default
+    with pytest.raises(ValueError, match=r"studies\.strong\.attacks\[4\].*SNN-BP.*version='rand'"):
+        run_studies(["eps", "strong"], config, tmp_path, progress=False)
+    assert not (tmp_path / "models").exists()  # refused before any model was trained
+    autoattack["kwargs"]["version"] = "rand"
+    from snn_adv.studies import check_study_protocols
+
+    check_study_protocols("strong", config)  # the randomised-model protocol is accepted
+
+
+def test_cli_evaluate_prints_the_engine_numbers_with_intervals_and_verdicts(tiny_run, tmp_path, capsys):
+    from functools import partial
+
+    from snn_adv import checkpoints
+    from snn_adv.attacks import FGSM
+    from snn_adv.cli import main
+    from snn_adv.data import load_tensors
+    from snn_adv.evaluation import evaluate
+
+    out, _, zoo, _ = tiny_run
+    ann, snn, source = zoo.path("ann"), zoo.path("snn_bp"), zoo.path("ann", "source")
+    argv = ["evaluate", str(ann), str(snn), "--source", str(source), "--attacks", "tiny", "--test-count", "20",
+            "--eval-seeds", "0", "1", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Self-checks" in printed and "whitebox_not_weaker_than_transfer" in printed and "PASS" in printed
+    rows = {(r["target"], r["condition"]): r for r in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    assert len(rows) == 2 * (1 + 2 * 2)  # 2 targets x (clean + 2 attacks x (whitebox + 1 source))
+    # the whitebox FGSM cell of the SNN is what the engine gives by hand
+    images, labels = load_tensors("fashion-mnist-bundled", "test", count=20)
+    by_hand = evaluate(checkpoints.load(snn), (images, labels), partial(FGSM, eps=0.1), seed=0, scoring_seeds=[0, 1],
+                       batch_size=100, progress=False)
+    row = rows[(snn.stem, "FGSM WB")]
+    assert row["accuracy"] == pytest.approx(100 * by_hand.adversarial_accuracy)
+    assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx(
+        tuple(100 * v for v in by_hand.confidence_interval("adversarial")))
+    assert f"| {snn.stem} |" in (tmp_path / "table.md").read_text()
+    autoattack = tmp_path / "aa.json"
+    autoattack.write_text(json.dumps([{"name": "torchattacks", "class": "AutoAttack", "kwargs": {"eps": 0.1}}]))
+    with pytest.raises(ValueError, match=f"on target {snn.stem}.*version='rand'"):
+        main(["evaluate", str(snn), "--attacks", str(autoattack), "--test-count", "10", "--quiet"])

@@ -34,7 +34,7 @@ from ..attacks.budget import NORMS, perturbation_norm
 from ..encoding import fixed_noise_seed, is_stochastic, stochastic_encoders
 from ..io import atomic_write_json, provenance
 from ..stats import accuracy_interval
-from ..study import derive_seed
+from ..seeds import derive_seed
 from ..validation import check_positive_int
 
 __all__ = ["EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model"]

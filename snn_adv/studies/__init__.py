@@ -18,14 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
+from ..attack_specs import check_protocols
 from ..cells import claim_output_folder
 from ..io import PathLike
 from ..validation import check_choice
-from ..zoo import ModelZoo
+from ..zoo import KINDS, LABELS, ModelZoo
 from . import eps, layerwise, leak, robustness, strong, timesteps
 from .common import StudyContext
 
-__all__ = ["STUDIES", "StudyContext", "run_studies", "run_study"]
+__all__ = ["STUDIES", "StudyContext", "check_study_protocols", "run_studies", "run_study"]
 
 STUDIES: Dict[str, Callable[[StudyContext], str]] = {
     "robustness": robustness.run,
@@ -37,6 +38,21 @@ STUDIES: Dict[str, Callable[[StudyContext], str]] = {
 }
 
 
+def check_study_protocols(name: str, config: Mapping[str, Any]) -> None:
+    """Refuse, before any model is trained, an attack entry of study ``name`` whose protocol does not fit a target
+    kind it runs on (AutoAttack ``version='standard'`` on a stochastic SNN: :func:`snn_adv.attack_specs.check_protocols`
+    on an untrained stand-in of each kind, which has the kind's encoder)."""
+    from ..models import build_classifier
+
+    section, models = config["studies"][name], config["models"]
+    specs = section.get("attacks", [section["attack"]] if "attack" in section else [])
+    kinds = section.get("kinds") or [m["kind"] for m in section.get("models", [])] or list(KINDS)
+    stand_ins = {LABELS[kind]: build_classifier(models["arch"], config["data"]["dataset"],
+                                                "ann" if kind == "ann" else "snn", **models.get("arch_kwargs", {}))
+                 for kind in dict.fromkeys(kinds)}
+    check_protocols(specs, stand_ins, f"config studies.{name}.attacks")
+
+
 def run_study(name: str, config: Mapping[str, Any], out: PathLike, *, zoo: Optional[ModelZoo] = None,
               progress: bool = True) -> str:
     """Run one study of ``config`` into ``out/<name>/`` (resuming finished cells); return its markdown table."""
@@ -44,6 +60,7 @@ def run_study(name: str, config: Mapping[str, Any], out: PathLike, *, zoo: Optio
     if name not in config.get("studies", {}):
         raise ValueError(f"argument 'study' = {name!r}: the config has no section studies.{name} "
                          f"(it has {sorted(config.get('studies', {}))})")
+    check_study_protocols(name, config)
     with claim_output_folder(out):
         return STUDIES[name](StudyContext(name, config, out, zoo=zoo, progress=progress))
 
@@ -53,8 +70,10 @@ def run_studies(names: Sequence[str], config: Mapping[str, Any], out: PathLike, 
     from ..distributed import init_distributed
 
     info = init_distributed()
-    for name in names:
+    for name in names:  # every study's attacks are checked before the first model is trained
         check_choice("study", name, STUDIES)
+        if name in config.get("studies", {}):
+            check_study_protocols(name, config)
     zoo = ModelZoo(config, Path(out) / "models", progress=progress and info.is_main)
     tables = {}
     for name in names:

@@ -6,103 +6,29 @@ derived from the config seed and the cell, and each target is scored under sever
 """
 from __future__ import annotations
 
-import dataclasses
-import math
+import functools
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..attack_specs import build_attack
-from ..cells import CellStore, mean_std, run_cells, write_table
+from ..attacks import NoInputGradientError
+from ..cells import CellStore, run_cells, write_table
 from ..data import dataset_info
 from ..data.fingerprint import dataset_fingerprint
-from ..distributed import dist_info, sharded_counts
-from ..evaluation import Check, warn_failures
+from ..distributed import dist_info, sharded_evaluate
+from ..evaluation import Check, EvaluationResult, warn_failures
 from ..io import PathLike, atomic_write, atomic_write_json, provenance
-from ..seeds import derive_seed
+from ..stats import Comparison
 from ..zoo import ModelZoo
 
-__all__ = ["StudyContext", "attack_counts", "accuracy_stats", "check_evaluation_data", "public_config",
-           "record_checks", "seed_encoder"]
+#: the level of every interval and paired test the studies report
+LEVEL = 0.95
 
-
-def seed_encoder(model: nn.Module, seed: int) -> None:
-    """Restart the Poisson stream of a spiking classifier (no-op for an ANN)."""
-    encoder = getattr(model, "encoder", None)
-    if encoder is not None and hasattr(encoder, "manual_seed"):
-        encoder.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------------------
-def _adversarial_sets(attack, x: torch.Tensor, y: torch.Tensor) -> List[torch.Tensor]:
-    """The inputs a sample must survive: ``[x]`` (clean), the attack's output, or every ensemble member's."""
-    if attack is None:
-        return [x]
-    if hasattr(attack, "members_outputs"):
-        return attack.members_outputs(x, y)
-    return [attack(x, y).detach()]
-
-
-def attack_counts(
-    source: Optional[nn.Module],
-    targets: Mapping[str, nn.Module],
-    attack_spec: Mapping[str, Any],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    seed: int,
-    eval_seeds: Sequence[int],
-    batch_size: int,
-    with_clean: bool = True,
-    progress: bool = True,
-) -> Dict[str, int]:
-    """Correct counts of every target on the adversarial examples crafted on ``source`` (sharded over ranks).
-
-    Per batch ``b``: the source's Poisson stream and the attack's random start are seeded from
-    ``derive_seed(seed, b)``; each target is then scored once per Poisson seed ``e`` of ``eval_seeds``
-    (stream ``derive_seed(seed, b, "eval", e)``) on the adversarial batch and, when ``with_clean``, on the clean
-    one. Keys: ``"<target>/<e>/adv"``, ``"<target>/<e>/clean"`` and ``"total"``. A sample counts as robust only if
-    it survives every member of an ensemble attack.
-    """
-    device = dist_info().device
-    for model in [source, *targets.values()]:
-        if model is not None:
-            model.to(device).eval()
-
-    def count(x: torch.Tensor, y: torch.Tensor, batch_seed: int) -> Dict[str, int]:
-        attack = None
-        if source is not None:
-            seed_encoder(source, derive_seed(batch_seed, "craft"))
-            attack = build_attack(attack_spec, source, derive_seed(batch_seed, "attack"))
-        adversarial = _adversarial_sets(attack, x, y)
-        inputs_of = {"adv": adversarial}
-        if with_clean and attack is not None:
-            inputs_of["clean"] = [x]
-        out = {"total": len(y)}
-        with torch.no_grad():
-            for name, target in targets.items():
-                for e in eval_seeds:
-                    for tag, inputs in inputs_of.items():
-                        seed_encoder(target, derive_seed(batch_seed, "eval", e))
-                        robust = torch.ones_like(y, dtype=torch.bool)
-                        for z in inputs:
-                            robust &= target(z).argmax(1) == y
-                        out[f"{name}/{e}/{tag}"] = int(robust.sum())
-                    if attack is None:  # clean run: the "adversarial" inputs are the clean ones
-                        out[f"{name}/{e}/clean"] = out[f"{name}/{e}/adv"]
-        return out
-
-    return sharded_counts(count, images, labels, batch_size=batch_size, seed=seed, progress=progress)
-
-
-def accuracy_stats(counts: Mapping[str, int], target: str, tag: str, eval_seeds: Sequence[int]) -> Dict[str, float]:
-    """Mean and std (over Poisson seeds) of a target's accuracy in percent."""
-    stats = mean_std(100.0 * counts[f"{target}/{e}/{tag}"] / counts["total"] for e in eval_seeds)
-    return {"mean": stats["mean"], "std": stats["std"], "n_seeds": stats["n"]}
+__all__ = ["StudyContext", "check_evaluation_data", "evaluate_condition", "interval_columns", "public_config", "record_comparisons",
+           "record_checks", "results_of"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -134,6 +60,25 @@ def public_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The config as results record it: without ``data.root`` (a path of the machine; the data enters results as
     its content fingerprint instead)."""
     return {**config, "data": {k: v for k, v in config["data"].items() if k != "root"}}
+
+
+def evaluate_condition(targets: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                       attack: Mapping[str, Any], source: Optional[nn.Module] = None, *, seed: int,
+                       scoring_seeds: Sequence[int], batch_size: int,
+                       progress: bool = True) -> Tuple[Dict[str, EvaluationResult], Optional[str]]:
+    """``(results per target, None)`` of ``targets`` under config entry ``attack`` crafted on ``source`` (None:
+    whitebox on the one target; a clean entry: each target alone), sharded over ranks; when the crafting model
+    gives no input gradient (e.g. a network silent at a small T), ``(clean results, the reason)``: no adversarial
+    number exists for it."""
+    run = functools.partial(sharded_evaluate, images=images, labels=labels, seed=seed, scoring_seeds=scoring_seeds,
+                            batch_size=batch_size, progress=progress)
+    clean = lambda: {name: run({name: model})[name] for name, model in targets.items()}  # noqa: E731
+    if attack["name"] == "clean":
+        return clean(), None
+    try:
+        return run(targets, attack=lambda model: build_attack(attack, model), source=source), None
+    except NoInputGradientError as error:
+        return clean(), str(error)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,17 +134,32 @@ class StudyContext:
         self.data  # noqa: B018  (loads and validates before any cell is computed)
         return run_cells(cells, compute, self.store, seed=self.config["seed"], desc=self.name, progress=self.progress)
 
-    def counts(self, source: Optional[nn.Module], targets: Mapping[str, nn.Module], attack: Mapping[str, Any],
-               cell_seed: int, with_clean: bool = True) -> Dict[str, int]:
-        images, labels = self.data
-        return attack_counts(source, targets, attack, images, labels, seed=cell_seed, eval_seeds=self.eval_seeds,
-                             batch_size=self.batch_size, with_clean=with_clean, progress=self.progress)
+    def evaluate(self, targets: Mapping[str, nn.Module], attack: Mapping[str, Any],
+                 source: Optional[nn.Module] = None) -> Dict[str, Any]:
+        """A cell's result: :func:`snn_adv.evaluation.evaluate` of ``targets`` under the attack of config entry
+        ``attack`` crafted on ``source`` (None: whitebox on the one target; a clean entry: each target alone), as
+        ``{"results": {target: EvaluationResult.to_dict()}}`` with every per-sample outcome. When the crafting model
+        gives no input gradient (:class:`~snn_adv.attacks.NoInputGradientError`, e.g. a network silent at a small T)
+        the cell holds the clean results and ``"no_gradient"``: the reason, and no adversarial accuracy.
 
-    def write(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], stem: str = "table") -> str:
-        """Write the table (markdown + CSV) and ``<stem>.json`` with every row, the config and provenance."""
+        Every cell of a config uses the engine seed ``config['seed']``: the crafting and scoring streams then depend
+        only on the images, so each target is scored on the same Poisson draws in every cell (common random
+        numbers for the paired tests between cells).
+        """
+        images, labels = self.data
+        results, no_gradient = evaluate_condition(targets, images, labels, attack, source, seed=self.config["seed"],
+                                                  scoring_seeds=self.eval_seeds, batch_size=self.batch_size,
+                                                  progress=self.progress)
+        cell = {"results": {name: result.to_dict() for name, result in results.items()}}
+        return cell if no_gradient is None else {**cell, "no_gradient": no_gradient}
+
+    def write(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], stem: str = "table",
+              markdown: Optional[str] = None) -> str:
+        """Write the table (markdown, or ``markdown`` as given; CSV) and ``<stem>.json`` with every row, the config
+        and provenance."""
         if not dist_info().is_main:
             return ""
-        markdown = write_table(rows, columns, self.out / stem)
+        markdown = write_table(rows, columns, self.out / stem, markdown)
         atomic_write_json(self.out / f"{stem}.json", {"study": self.name, "rows": list(rows),
                                                      "config": public_config(self.config),
                                                      "provenance": provenance(seed=self.config["seed"])})
@@ -208,29 +168,83 @@ class StudyContext:
     def note(self) -> str:
         """The measurement conditions, as the second line of a plot's title."""
         data = self.data_settings()
-        return (f"{data['dataset']}, {data['test_count']} test images; error bars: std over {len(self.eval_seeds)} "
-                f"Poisson seeds of the target; preset '{self.config.get('preset', '?')}'")
-
-    def cell_seed(self, settings: Mapping[str, Any]) -> int:
-        from ..cells import cell_key
-
-        return derive_seed(self.config["seed"], "batches", cell_key(settings))
+        return (f"{data['dataset']}, {data['test_count']} test images x {len(self.eval_seeds)} Poisson seeds; "
+                f"error bars: 95 % intervals; preset '{self.config.get('preset', '?')}'")
 
 
-def noise_tolerance(n_images: int) -> float:
-    """How far an accuracy (as a fraction) may move by sampling noise alone: two binomial standard errors at 0.5."""
-    return max(0.03, 1.0 / math.sqrt(max(n_images, 1)))
+def results_of(record: Mapping[str, Any]) -> Dict[str, EvaluationResult]:
+    """The per-target :class:`~snn_adv.evaluation.EvaluationResult` of a cell record written by
+    :meth:`StudyContext.evaluate` (clean-only results when the attack found no input gradient)."""
+    return {name: EvaluationResult.from_dict(data) for name, data in record["result"]["results"].items()}
+
+
+#: what tables say where an attack found no input gradient (the adversarial accuracy is undefined)
+NO_GRADIENT = "no input gradient"
+
+
+def adversarial_columns(record: Mapping[str, Any], result: EvaluationResult, column: str) -> Dict[str, Any]:
+    """:func:`interval_columns` of the adversarial accuracy, or None and a note when the cell found no gradient."""
+    if "no_gradient" in record["result"]:
+        return {column: None, f"{column}_low": None, f"{column}_high": None, "note": NO_GRADIENT}
+    return {**interval_columns(result, "adversarial", column), "note": ""}
+
+
+def interval_columns(result: EvaluationResult, kind: str, column: str, level: float = LEVEL) -> Dict[str, float]:
+    """``{column: accuracy, column_low: low, column_high: high}`` in percent (the ``level`` interval over images and
+    seeds); :func:`snn_adv.cells.markdown_table` shows them as ``value [low, high]``."""
+    low, high = result.confidence_interval(kind, level)
+    return {column: 100 * result.accuracy(kind), f"{column}_low": 100 * low, f"{column}_high": 100 * high}
+
+
+def comparison_row(what: str, a: str, b: str, comparison: Comparison, level: float = LEVEL) -> Dict[str, Any]:
+    """One row of ``comparisons.*``: the paired difference ``a - b`` in points with its interval, the p-value and
+    the verdict (which is higher, or inconclusive when the test does not reject equality at ``level``)."""
+    verdict = "inconclusive"
+    if comparison.significant(level):
+        verdict = f"{a} higher" if comparison.difference > 0 else f"{b} higher"
+    return {"comparison": what, "a": a, "b": b, "difference": 100 * comparison.difference,
+            "difference_low": 100 * comparison.low, "difference_high": 100 * comparison.high,
+            "p_value": comparison.p_value, "method": comparison.method, "n_images": comparison.n, "verdict": verdict}
+
+
+COMPARISON_COLUMNS = ["comparison", "a", "b", "difference", "difference_low", "difference_high", "p_value", "verdict",
+                      "method", "n_images"]
+
+
+def record_comparisons(ctx: StudyContext, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write the study's paired comparisons to ``comparisons.md/.csv/.json``; return them as a markdown section."""
+    if not rows:
+        return ""
+    markdown = ctx.write(rows, COMPARISON_COLUMNS, stem="comparisons")
+    return (f"\nPaired comparisons on the same images (difference a - b in accuracy points, {LEVEL:.0%} interval; "
+            f"verdict at p < {1 - LEVEL:.2f}):\n\n" + markdown)
+
+
+def check_not_weaker(attack: EvaluationResult, reference: EvaluationResult, name: str, what: str,
+                     level: float = LEVEL) -> Check:
+    """An attack that is at least the ``reference``'s effort (PGD after FGSM, EOT, a worst case over it) must not
+    leave significantly more accuracy: a one-sided paired test of ``accuracy(attack) > accuracy(reference)``."""
+    from ..stats import compare
+
+    comparison = compare(attack, reference, alternative="greater")
+    failed = comparison.significant(level)
+    detail = f"{what}: {comparison}" + (" -- significant, possible gradient masking" if failed else "")
+    return Check(name, not failed, detail, {"attack": attack.adversarial_accuracy,
+                                            "reference": reference.adversarial_accuracy,
+                                            "comparison": comparison.to_dict(), "level": level})
 
 
 def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
     """Write the study's self-checks to ``checks.json`` and ``checks.md``, warn about failures (possible gradient
-    masking) and return them as a markdown section for the study's table."""
+    masking) and return them as a markdown section for the study's table. Verdicts come from paired tests."""
     if not checks or not dist_info().is_main:
         return ""
     warn_failures(checks)
-    atomic_write_json(ctx.out / "checks.json", [dataclasses.asdict(c) for c in checks])
-    lines = [f"- {'PASS' if c.passed else 'FAIL (possible gradient masking)'}: {c.name}: {c.detail}" for c in checks]
-    section = "Self-checks (Carlini et al. 2019):\n" + "\n".join(lines) + "\n"
+    atomic_write_json(ctx.out / "checks.json", [c.to_dict() for c in checks])
+    verdicts = {True: "PASS", False: "FAIL (possible gradient masking)", None: "info"}
+    lines = [f"- {verdicts[c.passed]}: {c.name}: {c.detail}" for c in checks]
+    section = ("Self-checks (Carlini et al. 2019; a check fails when its one-sided paired test is significant at "
+               f"p < {1 - LEVEL:.2f}):\n" + "\n".join(lines) + "\n")
     with atomic_write(ctx.out / "checks.md", "w") as handle:
         handle.write(section)
     return "\n" + section
@@ -239,14 +253,32 @@ def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Sweeps (timesteps, leak, eps)
 # --------------------------------------------------------------------------------------------------------------
+#: an axis of a sweep along which points are compared: settings -> (group, point label); the points of one group
+#: differ only along the axis, and each is compared with the group's first point (in grid order)
+Axis = Callable[[Mapping[str, Any]], Tuple[Hashable, str]]
+
+
+def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tuple[float, float, float]]]:
+    """``{row["series"]: [(row["x"], value, half width of the interval), ...]}`` for :func:`snn_adv.plots.plot_lines`."""
+    series: Dict[str, List[Tuple[float, float, float]]] = {}
+    for row in rows:
+        if row[y] is not None:
+            half = (row[f"{y}_high"] - row[f"{y}_low"]) / 2
+            series.setdefault(row["series"], []).append((float(row["x"]), row[y], half))
+    return series
+
+
 def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: Callable[[Mapping], float],
-          series_of: Callable[[Mapping], str], title: str, xscale: str = "linear", xticks=None,
-          x_is_eps: bool = False) -> str:
-    """Run a grid of whitebox/blackbox cells ``{"kind", "knobs", "attack", "mode"}``, tabulate and plot them."""
+          series_of: Callable[[Mapping], str], title: str, axes: Sequence[Axis] = (), xscale: str = "linear",
+          xticks=None, x_is_eps: bool = False) -> str:
+    """Run a grid of whitebox/blackbox cells ``{"kind", "knobs", "attack", "mode"}``; tabulate (accuracies with
+    intervals), compare along each of ``axes`` with paired tests, check (whitebox not weaker than transfer; with
+    ``x_is_eps``, accuracy falls with eps) and plot them."""
     from .. import plots
     from ..attack_specs import attack_label
     from ..cells import cell_key
-    from ..evaluation import check_monotone_in_eps
+    from ..evaluation import check_monotone_in_eps, check_whitebox_vs_transfer
+    from ..stats import compare
     from ..zoo import LABELS
 
     zoo = ctx.zoo
@@ -257,35 +289,51 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
 
     def compute(settings: Mapping[str, Any]) -> Dict[str, Any]:
         target = zoo.variant(settings["kind"], "main", **settings["knobs"])
-        if settings["mode"] == "whitebox":
-            source = target
-        else:  # the blackbox source keeps its own settings: the perturbation is independent of the target's knobs
-            source = zoo.get(source_kind, "source")
-        return ctx.counts(source, {"target": target}, settings["attack"], ctx.cell_seed(settings))
+        # the blackbox source keeps its own settings: the perturbation is independent of the target's knobs
+        source = zoo.get(source_kind, "source") if settings["mode"] == "blackbox" else None
+        return ctx.evaluate({"target": target}, settings["attack"], source)
 
     records = ctx.run(cells, compute)
-    rows = []
+    rows, results = [], []
     for record in records:
-        s, counts = record["settings"], record["result"]
-        adv, clean = (accuracy_stats(counts, "target", tag, ctx.eval_seeds) for tag in ("adv", "clean"))
+        s, result = record["settings"], results_of(record)["target"]
         rows.append({"model": LABELS[s["kind"]], **{k: v for k, v in s["knobs"].items() if k != "quantise"},
                      "attack": attack_label(s["attack"]), "eps": s["attack"].get("eps", 0.0), "mode": s["mode"],
-                     "x": x_of(s), "series": series_of(s), "clean_mean": clean["mean"], "clean_std": clean["std"],
-                     "adv_mean": adv["mean"], "adv_std": adv["std"], "n_seeds": adv["n_seeds"],
-                     "n_images": counts["total"], "cell": cell_key(s)})
+                     "x": x_of(s), "series": series_of(s), **interval_columns(result, "clean", "clean"),
+                     **adversarial_columns(record, result, "adversarial"), "n_images": result.n,
+                     "n_seeds": len(result.scoring_seeds), "cell": cell_key(s)})
+        results.append(None if "no_gradient" in record["result"] else result)
     columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("x", "series")]
+
+    comparisons = []
+    for axis in axes:
+        first: Dict[Hashable, int] = {}
+        for i, record in enumerate(records):
+            group, label = axis(record["settings"])
+            j = first.setdefault(group, i)
+            if j != i and results[i] is not None and results[j] is not None:
+                reference = axis(records[j]["settings"])[1]
+                what = f"{rows[i]['model']}, {rows[i]['attack']} {rows[i]['mode']}, {series_of(record['settings'])}"
+                comparisons.append(comparison_row(what, label, reference, compare(results[i], results[j])))
     checks = []
+    source_label = LABELS[source_kind] + "'"
+    for i, record in enumerate(records):
+        s = record["settings"]
+        for j, other in enumerate(records):
+            o = other["settings"]
+            if (s["mode"], o["mode"]) == ("whitebox", "blackbox") and all(s[k] == o[k] for k in ("kind", "knobs", "attack")) \
+                    and results[i] is not None and results[j] is not None:
+                check = check_whitebox_vs_transfer(results[i], results[j], source=source_label)
+                checks.append(Check(check.name, check.passed, f"{rows[i]['series']}: {check.detail}", check.values))
     if x_is_eps:  # adversarial accuracy must not rise with eps, per curve
         for name in dict.fromkeys(r["series"] for r in rows):
-            curve = [r for r in rows if r["series"] == name]
-            check = check_monotone_in_eps({r["eps"]: r["adv_mean"] / 100 for r in curve},
-                                          noise_tolerance(curve[0]["n_images"]))
-            checks.append(dataclasses.replace(check, detail=f"{name}: {check.detail}"))
-    markdown = ctx.write(rows, columns) + record_checks(ctx, checks)
+            curve = {row["eps"]: result for row, result in zip(rows, results) if row["series"] == name and result}
+            check = check_monotone_in_eps(curve)
+            checks.append(Check(check.name, check.passed, f"{name}: {check.detail}", check.values))
+    markdown = ctx.write(rows, columns) + record_checks(ctx, checks) + record_comparisons(ctx, comparisons)
     if dist_info().is_main:
         for mode in dict.fromkeys(r["mode"] for r in rows):
-            subset = [r for r in rows if r["mode"] == mode]
-            series = plots.series_from_rows(subset, series="series", x="x", y="adv_mean", std="adv_std")
+            series = plot_points([r for r in rows if r["mode"] == mode], "adversarial")
             plots.plot_lines(series, ctx.out / f"{mode}.png", xlabel=xlabel, ylabel="adversarial accuracy (%)",
                              title=f"{title} ({mode})", xscale=xscale, xticks=xticks, ylim=(0, 100), note=ctx.note())
     return markdown

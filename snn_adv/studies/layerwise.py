@@ -14,10 +14,11 @@ from ..attack_specs import attack_label, build_attack
 from ..cells import cell_key, mean_std
 from ..classifier import SpikingClassifier
 from ..distributed import dist_info
+from ..encoding import fixed_noise
 from ..neurons import LeakyLIFNode
 from ..seeds import derive_seed
 from ..zoo import LABELS
-from .common import StudyContext, seed_encoder
+from .common import StudyContext
 
 __all__ = ["layer_activations", "relative_change", "run"]
 
@@ -76,15 +77,14 @@ def run(ctx: StudyContext) -> str:
         images, labels = ctx.data
         model = zoo.variant(settings["kind"], "main", **settings["knobs"])
         source = model if settings["perturbation"] == "whitebox" else zoo.get("ann", "source")
-        seed = ctx.cell_seed(settings)
-        seed_encoder(source, derive_seed(seed, "craft"))
+        seed = derive_seed(ctx.config["seed"], cell_key(settings))
+        if getattr(source, "encoder", None) is not None:
+            source.encoder.manual_seed(derive_seed(seed, "craft"))
         adversarial = build_attack(settings["attack"], source, derive_seed(seed, "attack"))(images, labels)
         result: Dict[str, Any] = {}
         for e in ctx.eval_seeds:
-            acts = {}
-            for tag, x in (("clean", images), ("adv", adversarial)):
-                seed_encoder(model, derive_seed(seed, "eval", e))
-                acts[tag] = layer_activations(model, x)
+            with fixed_noise(model, derive_seed(seed, "eval", e)):  # one Poisson draw for the clean and the adv pass
+                acts = {tag: layer_activations(model, x) for tag, x in (("clean", images), ("adv", adversarial))}
             for quantity, layers in acts["clean"].items():
                 result[f"{quantity}/{e}"] = [relative_change(c, a).mean().item() for c, a in zip(layers, acts["adv"][quantity])]
         result["input"] = relative_change(images.flatten(1), adversarial.flatten(1)).mean().item()
