@@ -32,9 +32,11 @@ def quickstart(out: Optional[PathLike] = None, overrides: Optional[Mapping[str, 
     print(f"snn-adv quickstart: results go to {out}", flush=True)
     table = run_study("robustness", config, out, progress=progress)
     print()
-    print("Accuracy (%) on", config["data"]["test_count"], "test images, mean ± std over",
-          len(config["eval_seeds"]), "Poisson seeds (WB whitebox; BB blackbox from a separately trained source):")
+    print(f"Accuracy (%) [95 % interval over {config['data']['test_count']} test images and "
+          f"{len(config['eval_seeds'])} Poisson seeds] (WB whitebox; BB blackbox from a separately trained source):")
     print(table)
-    print(f"table: {out / 'robustness' / 'table.md'} (also .csv, .json); plot: {out / 'robustness' / 'accuracy.png'}")
+    folder = out / "robustness"
+    print(f"table: {folder / 'table.md'} (also .csv, .json); self-checks: {folder / 'checks.md'}; paired "
+          f"comparisons: {folder / 'comparisons.md'}; plot: {folder / 'accuracy.png'}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return out

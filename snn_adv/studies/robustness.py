@@ -9,9 +9,8 @@ gradient-free and minimal-norm attacks not stronger / not more robust than it; m
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
 import functools
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
