@@ -34,6 +34,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .attack_specs import load_attacks
     from .cells import claim_output_folder, write_table
     from .data import load_tensors
+    from .distributed import init_distributed
     from .io import atomic_write, atomic_write_json, provenance
     from .studies.common import COMPARISON_COLUMNS, check_evaluation_data
     from .studies.robustness import ROW_COLUMNS, evaluate_models
@@ -52,9 +53,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     attacks = load_attacks(args.attacks, args.study)
     images, labels = load_tensors(dataset, "test", count=args.test_count, root=args.data_root, seed=args.subset_seed)
     check_evaluation_data(images, labels, dataset)
+    info = init_distributed()  # under torchrun every rank evaluates its batches; rank 0 reports
     rows, table, checks, comparisons = evaluate_models(
         targets, sources, images, labels, attacks, seed=args.seed, scoring_seeds=args.eval_seeds,
-        batch_size=args.batch_size, progress=not args.quiet)
+        batch_size=args.batch_size, progress=not args.quiet and info.is_main)
+    if not info.is_main:
+        return 0
     verdicts = {True: "PASS", False: "FAIL (possible gradient masking)", None: "info"}
     check_lines = [f"- {verdicts[c.passed]}: {c.name}: {c.detail}" for c in checks]
     print(f"Accuracy (%) [95 % interval over images and Poisson seeds] on {len(labels)} {dataset} test images, "
