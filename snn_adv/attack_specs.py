@@ -112,7 +112,7 @@ def check_protocols(specs: Sequence[Mapping[str, Any]], targets: Mapping[str, nn
 def load_attacks(source: str, study: str = "robustness") -> List[Dict[str, Any]]:
     """Attack entries from a JSON file (a list of entries, or an object with ``"attacks"``) or from the section
     ``studies.<study>`` of a preset or config file (e.g. ``"cpu"``)."""
-    from .cells import load_config
+    from .config import load_config
     from .configs import config_path
 
     path = Path(source)

@@ -10,9 +10,6 @@ Reproducibility: before a cell is computed, every global generator is seeded wit
 depend on its settings alone, never on which cells ran before it in the same process, which is what makes a resumed
 run identical to an uninterrupted one. The records :func:`run_cells` returns are the ones a resumed run reads back
 from disk (JSON round trip), so every table built from them is the same byte for byte.
-
-(Config loading, :func:`load_config`, :func:`merge` and :func:`parse_overrides`, lives here until it moves to its
-own module.)
 """
 from __future__ import annotations
 
@@ -34,9 +31,6 @@ from .seeds import canonical_json, derive_seed
 from .training import seed_everything
 
 __all__ = [
-    "load_config",
-    "merge",
-    "parse_overrides",
     "cell_key",
     "CellStore",
     "claim_output_folder",
@@ -47,60 +41,6 @@ __all__ = [
 ]
 
 Settings = Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configs
-# --------------------------------------------------------------------------------------------------------------
-def load_config(path: PathLike, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Read a JSON config file; ``overrides`` (nested dicts) are merged over it, key by key. A top-level
-    ``"extends": "base.json"`` (path relative to the file) starts from that config instead of from nothing.
-
-    JSON rather than TOML because the stdlib reads it on every supported Python (``tomllib`` is 3.11+).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"argument 'config' = {str(path)!r}: no such file")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"argument 'config' = {str(path)!r}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"argument 'config' = {str(path)!r}: must hold a JSON object at the top level")
-    base = config.pop("extends", None)  # "extends": "other.json" (relative to this file): its values, then ours
-    if base is not None:
-        config = merge(load_config(path.parent / base), config)
-    return merge(config, overrides or {})
-
-
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
-    """Recursive dict merge: values of ``override`` win; nested dicts are merged, not replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``["a.b=1", "c=[2, 3]"]`` -> ``{"a": {"b": 1}, "c": [2, 3]}`` (values are JSON; bare words are strings)."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"argument '--set' = {item!r}: must look like KEY=VALUE, e.g. data.test_count=200")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
 
 
 def cell_key(settings: Settings) -> str:

@@ -16,7 +16,7 @@ from spikingjelly.activation_based import base, functional
 
 from .encoding import Encoder, PoissonEncoder
 from .neurons import LeakyLIFNode, set_leak, spiking_neurons
-from .validation import check_choice, check_images, check_positive_int
+from .validation import check_choice, check_fits_in_memory, check_images, check_positive_int
 
 __all__ = ["ImageClassifier", "AnnClassifier", "SpikingClassifier"]
 
@@ -53,9 +53,16 @@ class ImageClassifier(nn.Module):
         self.arch: Dict[str, Any] = dict(arch or {})
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Check the images and map them from [0, 1] to the model's input space ``(x - mean) / std``."""
-        check_images(images, channels=self.in_channels, size=self.input_size)
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        """Check the images, cast them to the model's dtype (float64, float16, bfloat16 images on a float32 model;
+        the gradient flows back in the images' dtype) and map them from [0, 1] to ``(x - mean) / std``."""
+        check_images(images, channels=self.in_channels, size=self.input_size, device=self.mean.device)
+        return (images.to(self.mean.dtype) - self.mean) / self.std
+
+    def _infer_in_channels(self, body: nn.Module) -> None:
+        """Without a channel count (a one-value normalisation), take it from the body's first convolution."""
+        if self.in_channels is None:
+            first_conv = next((m for m in body.modules() if isinstance(m, nn.Conv2d)), None)
+            self.in_channels = first_conv.in_channels if first_conv is not None else None
 
 
 class AnnClassifier(ImageClassifier):
@@ -66,6 +73,7 @@ class AnnClassifier(ImageClassifier):
     def __init__(self, body: nn.Module, mean: Sequence[float], std: Sequence[float], **kwargs):
         super().__init__(mean, std, **kwargs)
         self.body = body
+        self._infer_in_channels(body)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalize(images))
@@ -102,6 +110,7 @@ class SpikingClassifier(ImageClassifier):
     ):
         super().__init__(mean, std, **kwargs)
         self.body = body
+        self._infer_in_channels(body)
         self.encoder = encoder if encoder is not None else PoissonEncoder()
         self.timesteps = timesteps
         self.time_chunk = time_chunk
@@ -143,6 +152,9 @@ class SpikingClassifier(ImageClassifier):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)
+        self._check_multistep()
+        check_fits_in_memory("timesteps", self.timesteps, (self.timesteps, *x.shape), x.dtype, x.device,
+                             what="the encoded input [T, N, C, H, W] =")
         functional.reset_net(self)
         spikes = self.encoder(x, self.timesteps)
         chunk = self.time_chunk or self.timesteps
@@ -154,6 +166,16 @@ class SpikingClassifier(ImageClassifier):
             total = total + out_seq.sum(0)
         _detach_state(self)  # the final state keeps no graph (copies, checkpoints, no memory held)
         return total / self.timesteps
+
+
+    def _check_multistep(self) -> None:
+        """Refuse a body with single-step SpikingJelly modules: they would read the [T, N, ...] sequence as one step
+        (a raw shape error, or for neurons silently wrong dynamics)."""
+        single = [name for name, m in self.body.named_modules() if isinstance(m, base.StepModule) and m.step_mode == "s"]
+        if single:
+            raise ValueError(f"argument 'body' has single-step SpikingJelly modules ({', '.join(single[:3])}"
+                             f"{', ...' if len(single) > 3 else ''}) but receives [T, N, C, H, W] sequences: call "
+                             "spikingjelly.activation_based.functional.set_step_mode(body, 'm') first")
 
 
 def _detach_state(net: nn.Module) -> None:

@@ -1,9 +1,23 @@
-"""Command line: ``snn-adv <command> --help``. A thin layer over the library; each command is one function."""
+"""Command line: ``snn-adv <command> --help``. A thin layer over the library; each command is one function.
+
+A user's mistake (a bad argument, config key, file or data folder) ends in one line ``snn-adv: error: ...`` and exit
+status 2 (``--debug`` shows the traceback instead); Ctrl-C ends with exit status 130 and says how to resume.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from pathlib import Path
 from typing import List, Optional
+
+from . import __version__
+
+#: what a user can cause and fix (bad value, config, file, data folder, diverging training): one line, exit 2
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+#: commands whose ``--out`` is a folder (the others write one checkpoint file)
+FOLDER_OUTPUTS = ("quickstart", "study")
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -14,7 +28,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .cells import load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .configs import config_path
     from .studies import STUDIES, run_studies
 
@@ -243,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snn-adv",
         description="Adversarial robustness of spiking neural networks (SpikingJelly plugin).",
     )
+    parser.add_argument("--version", action="version", version=f"snn-adv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     quickstart = commands.add_parser("quickstart", help="offline end-to-end demo on bundled Fashion-MNIST")
@@ -287,12 +303,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=_evaluate)
     _add_model_commands(commands)
+    for command in commands.choices.values():  # --debug also after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Prove the command's ``--out`` writable before any work: the folder itself, or a checkpoint file's folder."""
+    from .config import check_output_dir
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    if args.command in FOLDER_OUTPUTS:
+        check_output_dir(out)
+    elif Path(out).is_dir():
+        raise ValueError(f"argument '--out' = {out!r}: is a folder; give the checkpoint's file name, e.g. {out}/model.pt")
+    else:
+        check_output_dir(Path(out).parent, name="folder of --out")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a command; return its exit status (0, 2 for a user's error, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        check_outputs(args)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nsnn-adv: interrupted; finished models and result cells are saved: rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"snn-adv: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

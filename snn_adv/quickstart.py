@@ -22,7 +22,7 @@ def quickstart(out: Optional[PathLike] = None, overrides: Optional[Mapping[str, 
                progress: bool = True) -> Path:
     """Run the quickstart preset (with ``overrides`` merged over it) into ``out`` (default
     ``./snn-adv-quickstart``), print the table, return the folder."""
-    from .cells import load_config
+    from .config import load_config
     from .configs import config_path
     from .studies import run_study
 

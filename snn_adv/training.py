@@ -140,8 +140,11 @@ def train(
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}: lower 'lr'")
             bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}")
-        record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(count, 1),
-                  "train_accuracy": correct / max(count, 1)}
+        if count == 0:
+            raise ValueError(f"argument 'train_loader' yielded no images in epoch {epoch} (an empty dataset or "
+                             "subset, or a loader that is exhausted after one pass): nothing to train on")
+        record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
+                  "train_accuracy": correct / count}
         sched.step()
         if test_loader is not None:
             test = evaluate_clean(model, test_loader)

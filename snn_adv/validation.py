@@ -6,12 +6,17 @@ what is allowed, so that a wrong setting fails at once instead of producing a si
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+import os
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
+import torch.nn as nn
 
 __all__ = [
+    "MAX_SEED",
     "check_choice",
+    "check_classifier",
+    "check_fits_in_memory",
     "check_fraction",
     "check_images",
     "check_labels",
@@ -19,7 +24,11 @@ __all__ = [
     "check_levels",
     "check_positive",
     "check_positive_int",
+    "check_seed",
 ]
+
+#: largest seed accepted: torch generators take 64-bit seeds, and derived streams add offsets to it
+MAX_SEED = 2**63 - 1
 
 
 def _fail(name: str, value, allowed: str) -> ValueError:
@@ -81,15 +90,21 @@ def check_images(
     *,
     channels: Optional[int] = None,
     size: Optional[Sequence[int]] = None,
+    device: Optional[torch.device] = None,
     name: str = "images",
 ) -> None:
-    """Require a float tensor [N, C, H, W] of finite values in [0, 1] with the model's channels and size."""
+    """Require a float tensor [N, C, H, W] of finite values in [0, 1] with the model's channels, size and device."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"argument '{name}' must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
-        raise _fail(name, tuple(images.shape), "must have rank 4, shape [N, C, H, W]")
+        hint = (" (a [T, N, C, H, W] sequence? classifiers encode time themselves: pass the images)"
+                if images.dim() == 5 else "")
+        raise _fail(name, tuple(images.shape), f"must have rank 4, shape [N, C, H, W]{hint}")
     if not images.is_floating_point():
         raise TypeError(f"argument '{name}' must be a floating-point tensor, got dtype {images.dtype}")
+    if device is not None and images.device != device:
+        raise ValueError(f"argument '{name}' is on device {images.device}, the model on {device}: move one of them "
+                         f"(images.to({str(device)!r}) or model.to({str(images.device)!r}))")
     if channels is not None and images.shape[1] != channels:
         raise _fail(name, tuple(images.shape), f"must have {channels} channel(s) in dim 1 for this model")
     if size is not None and tuple(images.shape[2:]) != tuple(size):
@@ -98,15 +113,16 @@ def check_images(
         return
     with torch.no_grad():
         finite = torch.isfinite(images).all()
-        low, high = torch.aminmax(images.detach())
+        low, high = (v.item() for v in torch.aminmax(images.detach().double()))
     if not bool(finite):
         raise _fail(name, "tensor with NaN/Inf", "must be finite")
-    if low.item() < 0.0 or high.item() > 1.0:
-        raise _fail(name, f"range [{low.item():.4g}, {high.item():.4g}]", "must lie in [0, 1] (unnormalised images)")
+    if low < 0.0 or high > 1.0:  # repr of the values: 1.0000001 must not read as 1
+        raise _fail(name, f"range [{low!r}, {high!r}]", "must lie in [0, 1] (unnormalised images)")
 
 
-def check_labels(labels: torch.Tensor, num_classes: int, batch: int, name: str = "labels") -> None:
-    """Require integer class labels of shape [batch] with values in [0, num_classes)."""
+def check_labels(labels: torch.Tensor, num_classes: int, batch: int, name: str = "labels") -> torch.Tensor:
+    """Require integer class labels of shape [batch] with values in [0, num_classes); return them as int64 (what
+    ``cross_entropy`` takes), so int8/16/32 and uint8 labels work too."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"argument '{name}' must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -117,6 +133,56 @@ def check_labels(labels: torch.Tensor, num_classes: int, batch: int, name: str =
         raise _fail(
             name, f"range [{labels.min().item()}, {labels.max().item()}]", f"must lie in [0, {num_classes - 1}]"
         )
+    return labels.long()
+
+
+def check_seed(name: str, value, allow_none: bool = True) -> Optional[int]:
+    """A seed: an integer in [0, :data:`MAX_SEED`] (or None when ``allow_none``); larger ones overflow torch's
+    generators (``manual_seed``) or the streams derived from them."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise _fail(name, value, ("must be None or " if allow_none else "must be ") + "an integer in [0, 2**63 - 1]")
+    return value
+
+
+def _memory_of(device: torch.device) -> int:
+    """Total memory in bytes of ``device`` (a CUDA device's, or the machine's RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(name: str, value, shape: Sequence[int], dtype: torch.dtype,
+                         device: Union[str, torch.device] = "cpu", what: str = "a tensor") -> None:
+    """Refuse ``value`` of argument ``name`` when ``what`` of ``shape`` and ``dtype``, which it makes the code allocate,
+    is larger than the whole memory of ``device`` (a lower bound of the need: fail here, not in the allocator)."""
+    device = torch.device(device)
+    need = math.prod(int(d) for d in shape) * torch.empty((), dtype=dtype).element_size()
+    have = _memory_of(device)
+    if need > have:
+        raise _fail(name, value, f"{what} {list(shape)} alone needs {need / 2**30:.3g} GiB, more than the "
+                                 f"{have / 2**30:.3g} GiB of {device.type} memory; lower it or the batch size")
+
+
+def check_classifier(model, name: str = "model") -> nn.Module:
+    """Require a module mapping images [N, C, H, W] in [0, 1] to logits; a bare multistep SpikingJelly network (the
+    body of a classifier, which takes [T, N, ...] sequences) is refused with the fix."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"argument '{name}' must be a torch.nn.Module (a classifier), got {type(model).__name__}")
+    from spikingjelly.activation_based import base
+
+    from .classifier import ImageClassifier
+
+    if isinstance(model, ImageClassifier):
+        return model
+    multistep = [n for n, m in model.named_modules() if isinstance(m, base.StepModule) and m.step_mode == "m"]
+    if multistep:
+        raise TypeError(f"argument '{name}' is a bare multistep SpikingJelly network ({type(model).__name__}, e.g. "
+                        f"module {multistep[0] or '(root)'!r}), which takes [T, N, ...] sequences; attacks and evaluation "
+                        "take a classifier of images [N, C, H, W] in [0, 1]: wrap it, "
+                        "SpikingClassifier(body, timesteps=T, mean=..., std=...)")
+    return model
 
 
 def _as_float(name: str, value) -> float:

@@ -11,7 +11,6 @@ from snn_adv.plots import plot_bars, plot_lines, series_from_rows
 from snn_adv.cells import (
     CellStore,
     cell_key,
-    load_config,
     markdown_table,
     mean_std,
     run_cells,
@@ -57,20 +56,6 @@ def test_cell_key_ignores_key_order_and_sees_values():
     assert cell_key({"a": 1}) != cell_key({"a": 1.5})
     assert derive_seed(0, "x") == derive_seed(0, "x") != derive_seed(1, "x")
     assert 0 <= derive_seed(123, {"k": 1}) < 2**31
-
-
-def test_load_config_merges_and_rejects_bad_files(tmp_path):
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps({"seed": 1, "attack": {"eps": 0.03, "steps": 7}}))
-    assert load_config(path, {"attack": {"steps": 2}}) == {"seed": 1, "attack": {"eps": 0.03, "steps": 2}}
-    with pytest.raises(ValueError, match="no such file"):
-        load_config(tmp_path / "missing.json")
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_config(path)
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        load_config(path)
 
 
 def test_tables_round_trip_and_mean_std(tmp_path):

@@ -1,4 +1,5 @@
 """Checkpoints: round trip of every kind, and a clear error for each way a file can be wrong."""
+import io
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import pytest
 import torch
 
 from snn_adv import __version__, checkpoints
-from snn_adv.classifier import AnnClassifier
-from snn_adv.conversion import hybrid_init
+from conftest import loader
+from snn_adv.classifier import AnnClassifier, SpikingClassifier
+from snn_adv.conversion import convert, hybrid_init
 from snn_adv.encoding import PoissonEncoder
-from snn_adv.models import build_classifier, get_thresholds
+from snn_adv.models import build_classifier, get_thresholds, spiking_twin, vgg_tiny
+from snn_adv.neurons import LeakyLIFNode
 
 
 def _same_outputs(a, b, x):
@@ -50,13 +53,65 @@ def test_round_trip_of_every_kind(trained_pair, tmp_path, name):
     assert header["kind"] == model.kind and header["package_version"] == __version__ and "state_dict" not in header
 
 
-def test_truncated_and_garbage_files(trained_pair, tmp_path):
+def test_truncated_empty_text_and_directory(trained_pair, tmp_path):
     path = checkpoints.save(trained_pair.snn, tmp_path / "m.pt")
     data = path.read_bytes()
-    for damaged in (data[: len(data) // 2], data[:100], b"", b"not a checkpoint at all"):
+    for damaged in (data[: len(data) // 2], data[:100], data[:-1]):
         path.write_bytes(damaged)
-        with pytest.raises(ValueError, match="corrupt or truncated"):
+        with pytest.raises(ValueError, match="m.pt.*(corrupt or truncated|carries no content hash)"):
             checkpoints.load(path)
+    for content, match in ((b"", "is empty"), (b"not a checkpoint at all\n", "is a text file"),
+                           (b"\x80\x02garbage", "legacy"), (b"\x00\x01\x02binary", "not a zip archive")):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=match):
+            checkpoints.load(path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        checkpoints.load(tmp_path)
+
+
+def test_every_flipped_bit_is_detected(tmp_path):
+    """Bits flipped anywhere (zip headers, pickle, weights, the stored hash itself) never load silently."""
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=2)
+    path = checkpoints.save(model, tmp_path / "m.pt")
+    data = bytearray(path.read_bytes())
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, len(data) * 8, (300,), generator=generator).tolist()
+    positions += [0, 7, len(data) * 8 - 1, (len(data) - 64) * 8, (len(data) - 80) * 8]  # first/last byte, hash, tag
+    for bit in positions:
+        damaged = bytearray(data)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="m.pt"):
+            checkpoints.load(path)
+    several = bytearray(data)
+    for bit in positions[:32]:
+        several[bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(several))
+    with pytest.raises(ValueError, match="m.pt"):
+        checkpoints.load(path)
+    path.write_bytes(bytes(data))
+    assert isinstance(checkpoints.load(path), SpikingClassifier)
+
+
+class _Malicious:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_unsafe_pickle_header_without_arch_and_unsigned_files(trained_pair, tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "snn-adv-checkpoint", "payload": _Malicious()}, path)
+    with pytest.raises(ValueError, match="evil.pt.*refuses.*may be malicious"):
+        checkpoints.load(path)
+    path = checkpoints.save(trained_pair.ann, tmp_path / "ann.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["arch"]
+    _write(path, payload)
+    with pytest.raises(ValueError, match="ann.pt.*no 'arch' record"):
+        checkpoints.load(path)
+    torch.save(torch.load(path, weights_only=True), path)  # a whole checkpoint without the content hash
+    with pytest.raises(ValueError, match="carries no content hash"):
+        checkpoints.load(path)
 
 
 def test_wrong_kind_missing_file_foreign_file(trained_pair, tmp_path):
@@ -72,10 +127,17 @@ def test_wrong_kind_missing_file_foreign_file(trained_pair, tmp_path):
         checkpoints.load(tmp_path / "raw.pt")
 
 
+def _write(path, payload):
+    """Write ``payload`` as checkpoints.save does (signed with its content hash): a well-formed edited file."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path.write_bytes(checkpoints._signed(buffer.getvalue()))
+
+
 def _rewrite(path, **changes):
     payload = torch.load(path, weights_only=True)
     payload.update(changes)
-    torch.save(payload, path)
+    _write(path, payload)
 
 
 def test_other_version_and_mismatched_weights(trained_pair, tmp_path):
@@ -93,12 +155,50 @@ def test_other_version_and_mismatched_weights(trained_pair, tmp_path):
         checkpoints.load(path)
 
 
-def test_models_without_an_architecture_record_are_refused(tmp_path):
-    bare = AnnClassifier(torch.nn.Flatten(), mean=(0.5,), std=(0.5,))
-    with pytest.raises(ValueError, match="build_classifier"):
-        checkpoints.save(bare, tmp_path / "x.pt")
+class _UsersNet(torch.nn.Module):
+    """A user's own ANN, not one of the package's architectures."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, width, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(4))
+        self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(width * 49, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_users_own_networks_save_and_load_with_their_body(tmp_path, fmnist):
+    torch.manual_seed(0)
+    ann = AnnClassifier(_UsersNet(), mean=(0.5,), std=(0.5,), in_channels=1, input_size=(28, 28))
+    snn = convert(ann, loader(fmnist.train_x[:64], fmnist.train_y[:64], 32), timesteps=4, progress=False)
+    snn.set_leak(0.9)
+    x = fmnist.test_x[:8]
+    for model, fresh_body in ((ann, _UsersNet()), (snn, spiking_twin(_UsersNet()))):
+        path = checkpoints.save(model, tmp_path / f"{model.kind}.pt", note="mine")
+        with pytest.raises(ValueError, match="user-defined network.*_UsersNet.*body="):
+            checkpoints.load(path)
+        loaded = checkpoints.load(path, body=fresh_body)
+        assert type(loaded) is type(model) and loaded.metadata == {"note": "mine"}
+        assert _same_outputs(model.eval(), loaded, x)
+        with pytest.raises(ValueError, match="'body.features.0.weight' has shape \\(6, 1, 3, 3\\) in the file, \\(8, 1, 3, 3\\)"):
+            checkpoints.load(path, body=_UsersNet(width=8) if model.kind == "ann" else spiking_twin(_UsersNet(width=8)))
+    assert [n.leak for n in loaded.neurons()] == [0.9] and get_thresholds(loaded.body) == get_thresholds(snn.body)
     with pytest.raises(TypeError, match="AnnClassifier or SpikingClassifier"):
         checkpoints.save(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_learnable_leaks_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=3, leak=0.95)
+    body = spiking_twin(vgg_tiny(), neuron_factory=lambda: LeakyLIFNode(leak=0.95, learnable_leak=True))
+    model.body = body
+    with torch.no_grad():
+        for i, node in enumerate(model.neurons()):
+            node.leak_param.fill_(0.9 - 0.1 * i)
+    loaded = checkpoints.load(checkpoints.save(model, tmp_path / "m.pt"))
+    assert all(n.learnable_leak for n in loaded.neurons())
+    assert [round(n.leak.item(), 6) for n in loaded.neurons()] == [round(0.9 - 0.1 * i, 6) for i in range(4)]
+    assert _same_outputs(model.eval(), loaded, torch.rand(2, 1, 28, 28))
 
 
 def test_sigkill_while_saving_leaves_a_readable_checkpoint(tmp_path):

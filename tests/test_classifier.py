@@ -163,3 +163,88 @@ def test_time_chunks_give_the_same_logits_and_input_gradient(trained_pair, chunk
         results.append((logits.detach(), grad))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_cast_to_the_models(dtype):
+    """float64/16/bfloat16 images give the float32 model's logits of the cast images, and a gradient in their dtype."""
+    for model in (snn(DirectEncoder()), AnnClassifier(small_body_ann(), mean=(0.5, 0.5), std=(0.5, 0.5))):
+        x = images(0).to(dtype).requires_grad_(True)
+        logits = model(x)
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, model(x.detach().float()))
+        logits.sum().backward()
+        assert x.grad is not None and x.grad.dtype == dtype
+
+
+def small_body_ann() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 4))
+
+
+def test_out_of_range_values_are_printed_so_that_they_show():
+    x = images(0)
+    x[0, 0, 0, 0] = 1.0000001
+    with pytest.raises(ValueError, match=r"range \[.*, 1\.000000119"):
+        snn()(x)
+
+
+def test_channels_known_from_the_first_convolution_with_a_one_value_normalisation():
+    model = AnnClassifier(small_body_ann(), mean=(0.5,), std=(0.5,))
+    assert model.in_channels == 2
+    with pytest.raises(ValueError, match=r"must have 2 channel\(s\)"):
+        model(torch.rand(1, 3, 6, 6))
+    with pytest.raises(ValueError, match=r"must have 2 channel\(s\)"):
+        SpikingClassifier(small_body(), mean=(0.5,), std=(0.5,))(torch.rand(1, 1, 6, 6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+@pytest.mark.gpu
+def test_images_on_another_device_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="is on device cuda:0, the model on cpu"):
+        snn()(images(0).cuda())
+
+
+def test_images_on_another_device_message():
+    from snn_adv.validation import check_images
+
+    with pytest.raises(ValueError, match=r"on device cpu, the model on meta: move one of them"):
+        check_images(images(0), device=torch.device("meta"))
+
+
+def test_timesteps_that_cannot_fit_in_memory_fail_before_allocating():
+    model = snn()
+    model.timesteps = 10**12  # [T, 3, 2, 6, 6] float32: 864 TB
+    with pytest.raises(ValueError, match=r"'timesteps' = 1000000000000: the encoded input .* alone needs .* GiB, more than"):
+        model(images(0))
+
+
+def test_forgotten_set_step_mode_is_caught_with_the_fix():
+    body = small_body()
+    functional.set_step_mode(body, "s")
+    with pytest.raises(ValueError, match=r"single-step SpikingJelly modules \(0, 1, 2, \.\.\.\).*set_step_mode\(body, 'm'\)"):
+        SpikingClassifier(body, DirectEncoder(), 4, mean=(0.5, 0.5), std=(0.5, 0.5))(images(0))
+
+
+def test_a_bare_body_given_where_a_classifier_is_expected_gets_a_hint():
+    from snn_adv.validation import check_classifier
+
+    with pytest.raises(TypeError, match=r"bare multistep SpikingJelly network.*wrap it, SpikingClassifier\(body"):
+        check_classifier(small_body())
+    model = snn()
+    assert check_classifier(model) is model and isinstance(check_classifier(small_body_ann()), nn.Module)
+
+
+def test_labels_and_seeds():
+    from snn_adv.validation import check_labels, check_seed
+
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        labels = check_labels(torch.tensor([0, 3, 1], dtype=dtype), 4, 3)
+        assert labels.dtype == torch.int64 and labels.tolist() == [0, 3, 1]
+        torch.nn.functional.cross_entropy(torch.zeros(3, 4), labels)  # what crashed with int32 labels
+    assert check_seed("seed", 2**63 - 1) == 2**63 - 1 and check_seed("seed", None) is None
+    for bad in (2**64, -1, 1.5, True, "0"):
+        with pytest.raises(ValueError, match=r"'seed' = .*integer in \[0, 2\*\*63 - 1\]"):
+            check_seed("seed", bad)
+    with pytest.raises(ValueError, match="must be an integer"):
+        check_seed("seed", None, allow_none=False)

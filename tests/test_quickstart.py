@@ -56,7 +56,7 @@ def test_cli_runs_quickstart_and_study_with_preset_and_overrides(monkeypatch, tm
     import importlib
 
     import snn_adv.studies
-    from snn_adv.cells import load_config
+    from snn_adv.config import load_config
     from snn_adv.configs import config_path
 
     calls = {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from snn_adv.attack_specs import at_eps
-from snn_adv.cells import load_config
+from snn_adv.config import load_config
 from snn_adv.configs import config_path
 from snn_adv.studies import STUDIES, run_study
 from snn_adv.studies.layerwise import layer_activations, relative_change

@@ -1,0 +1,417 @@
+"""Experiment configs: JSON files (``"extends"`` a base file), ``--set`` overrides, and a schema checked at load.
+
+Every config is checked against :data:`SCHEMA` before any work starts, and all its problems are reported at once,
+each with its full key path::
+
+    config key 'models.ann.epochz' is unknown; did you mean 'models.ann.epochs'?
+    config key 'seed' = 'zero': must be an integer
+    config key 'eval_seeds' = [0, 0, 0]: must not repeat a value (0 appears 2 times)
+
+Extending the schema: add a key to the :class:`Section` where it belongs in :data:`SCHEMA` (a study's section is in
+``STUDY_SECTIONS``, an attack entry's keys in ``ATTACK``), with a :class:`Value`, :class:`ListOf` or
+:class:`Section` that says what it may hold. Choices that grow with the package (datasets, architectures, attack
+names) are read from their registries when a config is checked, so a new dataset needs no schema change.
+
+JSON rather than TOML because the stdlib reads it on every supported Python (``tomllib`` is 3.11+).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .io import PathLike
+
+__all__ = ["ConfigError", "ListOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_config", "merge",
+           "parse_overrides", "validate_config"]
+
+Choices = Union[None, Sequence[Any], Callable[[], Sequence[Any]]]
+
+
+class ConfigError(ValueError):
+    """A config that does not fit :data:`SCHEMA`: ``problems`` lists each one with its full key path."""
+
+    def __init__(self, source: str, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The schema language: Value (a leaf), ListOf, Section (an object with known keys)
+# --------------------------------------------------------------------------------------------------------------
+_TYPES = {"int": "an integer", "number": "a number", "str": "a string", "bool": "true or false", "object": "an object",
+          "any": "any JSON value"}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "object":
+        return isinstance(value, dict)
+    return True
+
+
+def _show(path: str, value: Any) -> str:
+    return f"config key {path!r} = {json.dumps(value)[:80]}"
+
+
+@dataclass(frozen=True)
+class Value:
+    """A leaf: a JSON value of ``kind`` (``int``, ``number``, ``str``, ``bool``, ``object``, ``any``), optionally
+    null, within ``[minimum, maximum]``, one of ``choices`` (a sequence, or a function returning one)."""
+
+    kind: str
+    nullable: bool = False
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Choices = None
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        if value is None:
+            if not self.nullable:
+                problems.append(f"{_show(path, value)}: must be {self.describe()}, not null")
+            return
+        if not _fits(self.kind, value):
+            problems.append(f"{_show(path, value)}: must be {self.describe()}")
+            return
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            problems.append(f"{_show(path, value)}: must be {self.describe()}")
+        choices = self.choices() if callable(self.choices) else self.choices
+        if choices is not None and value not in choices:
+            problems.append(f"{_show(path, value)}: must be one of {', '.join(json.dumps(c) for c in choices)}")
+
+    def describe(self) -> str:
+        text = _TYPES[self.kind]
+        if self.minimum is not None and self.maximum is not None:
+            text += f" in [{self.minimum:g}, {self.maximum:g}]"
+        elif self.minimum is not None:
+            text += f" >= {self.minimum:g}"
+        elif self.maximum is not None:
+            text += f" <= {self.maximum:g}"
+        return text + (" or null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A JSON list of ``item``; ``unique``: no value twice; at least ``min_items`` entries."""
+
+    item: Any
+    unique: bool = False
+    min_items: int = 1
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        if not isinstance(value, list):
+            problems.append(f"{_show(path, value)}: must be a list")
+            return
+        if len(value) < self.min_items:
+            problems.append(f"{_show(path, value)}: must hold at least {self.min_items} entr"
+                            f"{'y' if self.min_items == 1 else 'ies'}")
+        if self.unique:
+            counts = Counter(json.dumps(v, sort_keys=True) for v in value)
+            for shown, count in ((v, n) for v, n in counts.items() if n > 1):
+                problems.append(f"{_show(path, value)}: must not repeat a value ({shown} appears {count} times)")
+        for i, entry in enumerate(value):
+            self.item.check(entry, f"{path}[{i}]", problems)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A JSON object with known keys: ``fields`` (key -> spec), of which ``required`` must be present. Unknown keys
+    are refused with the nearest valid one."""
+
+    fields: Mapping[str, Any]
+    required: Tuple[str, ...] = ()
+    extra: Callable[[Mapping[str, Any], str, List[str]], None] = field(default=lambda value, path, problems: None)
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{_show(path, value) if path else 'config'}: must be an object")
+            return
+        for key, entry in value.items():
+            where = f"{path}.{key}" if path else key
+            if key in self.fields:
+                self.fields[key].check(entry, where, problems)
+                continue
+            near = difflib.get_close_matches(key, list(self.fields), n=1, cutoff=0.6)
+            hint = (f"did you mean {(path + '.' if path else '') + near[0]!r}?" if near
+                    else f"allowed here: {', '.join(sorted(self.fields))}")
+            problems.append(f"config key {where!r} is unknown; {hint}")
+        for key in self.required:
+            if key not in value:
+                problems.append(f"config key {(path + '.' if path else '') + key!r} is missing")
+        self.extra(value, path, problems)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The schema of every key the package reads
+# --------------------------------------------------------------------------------------------------------------
+def _datasets() -> Sequence[str]:
+    from .data import DATASETS
+
+    return sorted(DATASETS)
+
+
+def _architectures() -> Sequence[str]:
+    from .models import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def _attack_names() -> Sequence[str]:
+    from .attacks import ATTACKS
+
+    return ["clean", *ATTACKS, "ensemble", "torchattacks"]
+
+
+def _gradient_modes() -> Sequence[str]:
+    from .attacks.gradients import GRADIENT_MODES
+
+    return list(GRADIENT_MODES)
+
+
+INT = Value("int")
+POSITIVE_INT = Value("int", minimum=1)
+COUNT = Value("int", minimum=1, nullable=True)  # a number of images; null: all
+NUMBER = Value("number")
+POSITIVE = Value("number", minimum=0)
+FRACTION = Value("number", minimum=0, maximum=1)
+LEAK = Value("number", minimum=1e-9, maximum=1)
+TEXT = Value("str")
+FLAG = Value("bool")
+OBJECT = Value("object")  # free keys (architecture or torchattacks keyword arguments)
+KIND = Value("str", choices=("ann", "snn_conv", "snn_bp"))
+MODE = Value("str", choices=("whitebox", "blackbox"))
+LEVELS = Value("int", minimum=2, nullable=True)
+
+SURROGATE = Section({"name": TEXT, "alpha": POSITIVE, "gamma": POSITIVE, "width": POSITIVE, "spiking": FLAG},
+                    required=("name",))
+ATTACK = Section({
+    "name": Value("str", choices=_attack_names),
+    "eps": FRACTION, "alpha": POSITIVE, "alpha_over_eps": POSITIVE, "steps": POSITIVE_INT,
+    "restarts": POSITIVE_INT, "random_start": FLAG, "grad_mode": Value("str", choices=_gradient_modes),
+    "eot": POSITIVE_INT, "surrogate": SURROGATE,
+    "modes": ListOf(Value("str", choices=_gradient_modes), unique=True), "surrogates": ListOf(SURROGATE, min_items=0),
+    "class": TEXT, "kwargs": OBJECT,
+    "label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True),
+}, required=("name",))
+ATTACKS = ListOf(ATTACK)
+KINDS = ListOf(KIND, unique=True)
+
+#: keys of :func:`snn_adv.training.train` a model recipe may set (the pipeline sets seed and progress itself)
+_TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
+             "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
+             "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT}
+
+_TEST_COUNT = {"test_count": COUNT}
+STUDY_SECTIONS: Dict[str, Section] = {
+    "robustness": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS}, required=("attacks",)),
+    "strong": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS, "blackbox": FLAG},
+                      required=("attacks",)),
+    "timesteps": Section({**_TEST_COUNT, "kinds": KINDS, "timesteps": ListOf(POSITIVE_INT, unique=True),
+                          "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACKS,
+                          "blackbox_source": KIND},
+                         required=("kinds", "timesteps", "levels", "modes", "attacks")),
+    "leak": Section({**_TEST_COUNT, "kinds": KINDS, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
+                     "modes": ListOf(MODE, unique=True), "attacks": ATTACKS, "blackbox_source": KIND},
+                    required=("kinds", "leaks", "modes", "attacks")),
+    "eps": Section({**_TEST_COUNT, "kinds": KINDS, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
+                    "attacks": ATTACKS}, required=("kinds", "eps_255", "attacks")),
+    "layerwise": Section({**_TEST_COUNT, "models": ListOf(Section({"kind": KIND, "leak": LEAK, "timesteps": POSITIVE_INT,
+                                                                  "levels": LEVELS, "rate": FRACTION}, required=("kind",)),
+                                                          unique=True),
+                          "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
+                          "attack": ATTACK}, required=("models", "perturbations", "attack")),
+}
+
+def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:
+    """(key path, T) of every timesteps value a config sets."""
+    models, studies = config.get("models", {}), config.get("studies", {})
+    found = [(f"models.{kind}.timesteps", models.get(kind, {}).get("timesteps")) for kind in ("snn_conv", "snn_bp")]
+    found += [(f"studies.timesteps.timesteps[{i}]", t) for i, t in enumerate(studies.get("timesteps", {}).get("timesteps", []))]
+    found.append(("studies.leak.timesteps", studies.get("leak", {}).get("timesteps")))
+    found += [(f"studies.layerwise.models[{i}].timesteps", m.get("timesteps"))
+              for i, m in enumerate(studies.get("layerwise", {}).get("models", [])) if isinstance(m, dict)]
+    return [(path, t) for path, t in found if isinstance(t, int) and not isinstance(t, bool) and t >= 1]
+
+
+def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """Every T of the config must fit one evaluation batch's encoded input in memory: fail at load, not after
+    models were trained for it (a lower bound of the need: see :func:`snn_adv.validation.check_fits_in_memory`)."""
+    import torch
+
+    from .data import DATASETS
+    from .validation import check_fits_in_memory
+
+    info = DATASETS.get(config.get("data", {}).get("dataset")) if isinstance(config.get("data"), dict) else None
+    batch = config.get("eval_batch_size")
+    if info is None or not isinstance(batch, int):
+        return  # reported by the schema
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for where, timesteps in _timesteps_of(config):
+        try:
+            check_fits_in_memory(where, timesteps, (timesteps, batch, info.in_channels, *info.input_size),
+                                 torch.float32, device, what="the encoded input [T, eval_batch_size, C, H, W] =")
+        except ValueError as error:
+            problems.append(str(error).replace("argument ", "config key ", 1))
+
+
+SCHEMA = Section({
+    "preset": TEXT,
+    "description": TEXT,
+    "seed": INT,
+    "eval_seeds": ListOf(INT, unique=True),
+    "eval_batch_size": POSITIVE_INT,
+    "data": Section({"dataset": Value("str", choices=_datasets), "root": Value("str", nullable=True),
+                     "train_count": COUNT, "test_count": COUNT, "subset_seed": INT}, required=("dataset",)),
+    "models": Section({
+        "arch": Value("str", choices=_architectures),
+        "arch_kwargs": OBJECT,
+        "seeds": Section({"main": INT, "source": INT}, required=("main", "source")),
+        "ann": Section({**_TRAINING, "train_count": COUNT}, required=("epochs", "lr", "batch_size")),
+        "snn_conv": Section({"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),
+                             "calibration_count": POSITIVE_INT, "calibration_batch_size": POSITIVE_INT,
+                             "method": Value("str", choices=("threshold-balancing", "spikingjelly"))},
+                            required=("timesteps", "calibration_count")),
+        "snn_bp": Section({**_TRAINING, "timesteps": POSITIVE_INT, "leak": LEAK, "threshold_scale": Value("number", minimum=1e-9),
+                           "train_count": COUNT}, required=("timesteps", "epochs", "batch_size")),
+    }, required=("arch", "seeds", "ann", "snn_conv", "snn_bp")),
+    "studies": Section(STUDY_SECTIONS),
+}, required=("seed", "eval_seeds", "eval_batch_size", "data", "models", "studies"), extra=_check_timesteps_fit)
+
+#: ``--set`` keys that a study section's own key overrides: (global key path, key in a study section)
+SHADOWED_BY_STUDIES: Tuple[Tuple[str, str], ...] = (("data.test_count", "test_count"),)
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config") -> Mapping[str, Any]:
+    """Check ``config`` against :data:`SCHEMA`; raise :class:`ConfigError` listing every problem, else return it."""
+    problems: List[str] = []
+    SCHEMA.check(config, "", problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files, overrides, output folders
+# --------------------------------------------------------------------------------------------------------------
+def _read_extending(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """The JSON object of ``path`` over the configs it ``"extends"`` (paths relative to the file); cycles refused."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
+        raise ValueError(f"config {str(chain[0])!r}: 'extends' forms a cycle: {cycle}")
+    if not path.is_file():
+        what = "the config" if not chain else f"'extends' of {str(chain[-1])!r}"
+        raise ValueError(f"{what} = {str(path)!r}: no such file")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config {str(path)!r}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config {str(path)!r}: must hold a JSON object at the top level")
+    base = config.pop("extends", None)  # "extends": "other.json" (relative to this file): its values, then ours
+    if base is None:
+        return config
+    if not isinstance(base, str):
+        raise ValueError(f"config {str(path)!r}: key 'extends' = {json.dumps(base)}: must be a file name")
+    return merge(_read_extending(path.parent / base, (*chain, resolved)), config)
+
+
+def load_config(path: PathLike, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Read a JSON config file, merge ``overrides`` (nested dicts, e.g. from :func:`parse_overrides`) over it key by
+    key, and check the result against :data:`SCHEMA` (:class:`ConfigError` lists every problem). A top-level
+    ``"extends": "base.json"`` (relative to the file) starts from that config instead of from nothing.
+
+    An override that a study section overrides in turn (``data.test_count`` while ``studies.<name>.test_count`` is
+    set) is refused when every study section overrides it, and warned about when some do.
+    """
+    path = Path(path)
+    config = merge(_read_extending(path), overrides or {})
+    validate_config(config, f"config {str(path)!r}" + (" with --set overrides" if overrides else ""))
+    _check_shadowed(overrides or {}, config)
+    return config
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_shadowed(overrides: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    studies = config.get("studies", {})
+    for dotted, study_key in SHADOWED_BY_STUDIES:
+        given, value = _lookup(overrides, dotted)
+        if not given or not studies:
+            continue
+        shadowing = [name for name, section in studies.items() if study_key in section]
+        if not shadowing:
+            continue
+        shown = ", ".join(f"studies.{n}.{study_key}={json.dumps(studies[n][study_key])}" for n in shadowing)
+        message = (f"--set {dotted}={json.dumps(value)} is overridden by {shown}; set "
+                   f"--set studies.{shadowing[0]}.{study_key}={json.dumps(value)} (one per study) instead")
+        if len(shadowing) == len(studies):
+            raise ValueError(f"{message}: as given it changes nothing")
+        warnings.warn(message, stacklevel=3)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive dict merge: values of ``override`` win; nested dicts are merged, not replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["a.b=1", "c=[2, 3]"]`` -> ``{"a": {"b": 1}, "c": [2, 3]}`` (values are JSON; bare words are strings)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or "" in key.split("."):
+            raise ValueError(f"argument '--set' = {item!r}: must look like KEY=VALUE, e.g. data.test_count=200")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"argument '--set' = {item!r}: {part!r} was already set to a value, not an object")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def check_output_dir(path: PathLike, name: str = "--out") -> Path:
+    """Create the output folder ``path`` if needed and prove it writable (a probe file is written and removed),
+    so that a bad ``--out`` fails before any training rather than after the first model."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"argument {name!r} = {str(path)!r}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"argument {name!r} = {str(path)!r}: cannot write there ({error.strerror or error})") from None
+    return path

@@ -1,0 +1,133 @@
+"""Configs: every preset fits the schema; each kind of mistake is refused at load with its full key path."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from snn_adv.config import ConfigError, check_output_dir, load_config, merge, parse_overrides, validate_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "snn_adv" / "configs"
+TINY = CONFIGS / "tiny.json"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.json")))
+def test_every_preset_fits_the_schema(name):
+    assert load_config(CONFIGS / name)["studies"]
+
+
+def _write(tmp_path, config, name="c.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"seeed": 1}, r"'seeed' is unknown; did you mean 'seed'\?"),
+    ({"models": {"ann": {"epochz": 2}}}, r"'models.ann.epochz' is unknown; did you mean 'models.ann.epochs'\?"),
+    ({"studies": {"robustness": {"attacks": [{"name": "pgd", "stepz": 3}]}}},
+     r"'studies.robustness.attacks\[0\].stepz' is unknown; did you mean 'studies.robustness.attacks\[0\].steps'\?"),
+    ({"studies": {"robustnes": {}}}, r"'studies.robustnes' is unknown; did you mean 'studies.robustness'\?"),
+    ({"data": {"zzz": 1}}, r"'data.zzz' is unknown; allowed here: dataset, root"),
+    ({"seed": "zero"}, r"'seed' = \"zero\": must be an integer"),
+    ({"seed": True}, r"'seed' = true: must be an integer"),
+    ({"eval_batch_size": "16"}, r"'eval_batch_size' = \"16\": must be an integer >= 1"),
+    ({"eval_batch_size": 0}, r"'eval_batch_size' = 0: must be an integer >= 1"),
+    ({"data": 5}, r"'data' = 5: must be an object"),
+    ({"data": {"dataset": "mnist-typo"}}, r"'data.dataset' = \"mnist-typo\": must be one of .*\"fashion-mnist\""),
+    ({"eval_seeds": [0, 0, 0]}, r"'eval_seeds' = \[0, 0, 0\]: must not repeat a value \(0 appears 3 times\)"),
+    ({"eval_seeds": []}, r"'eval_seeds' = \[\]: must hold at least 1 entry"),
+    ({"studies": {"eps": {"eps_255": [0, 300]}}}, r"'studies.eps.eps_255\[1\]' = 300: must be a number in \[0, 255\]"),
+    ({"studies": {"leak": {"leaks": [1.0, 1.5]}}}, r"'studies.leak.leaks\[1\]' = 1.5"),
+    ({"models": {"snn_bp": {"leak": None}}}, r"'models.snn_bp.leak' = null: must be .*, not null"),
+    ({"models": {"seeds": {"main": 1.5}}}, r"'models.seeds.main' = 1.5: must be an integer"),
+])
+def test_mistakes_are_refused_at_load_with_their_path(tmp_path, override, match):
+    path = _write(tmp_path, merge(json.loads(TINY.read_text()), override))
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_every_problem_is_reported_at_once_and_missing_keys_named(tmp_path):
+    config = json.loads(TINY.read_text())
+    del config["models"]["ann"]["lr"]
+    config["seed"] = "x"
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, config))
+    assert len(error.value.problems) == 2 and "'models.ann.lr' is missing" in str(error.value)
+
+
+def test_set_overrides_are_checked_like_the_file():
+    with pytest.raises(ConfigError, match=r"with --set overrides: config key 'data' = 5: must be an object"):
+        load_config(TINY, parse_overrides(["data=5"]))
+    with pytest.raises(ConfigError, match="'models.ann.epochs' = \"two\""):
+        load_config(TINY, parse_overrides(["models.ann.epochs=two"]))
+    assert load_config(TINY, parse_overrides(["models.ann.epochs=3"]))["models"]["ann"]["epochs"] == 3
+    for bad in ("novalue", "=1", "a..b=1"):
+        with pytest.raises(ValueError, match="must look like KEY=VALUE"):
+            parse_overrides([bad])
+
+
+def test_a_set_that_study_sections_override_says_so(tmp_path):
+    cpu = CONFIGS / "cpu.json"  # every study section sets its own test_count
+    with pytest.raises(ValueError, match=r"--set data.test_count=500 is overridden by studies.robustness.test_count=\d+"
+                                         r".*changes nothing"):
+        load_config(cpu, parse_overrides(["data.test_count=500"]))
+    assert load_config(cpu, parse_overrides(["studies.eps.test_count=50"]))["studies"]["eps"]["test_count"] == 50
+    config = json.loads(TINY.read_text())  # tiny: no study sets test_count, so the global one is used
+    assert load_config(TINY, parse_overrides(["data.test_count=8"]))["data"]["test_count"] == 8
+    config["studies"]["eps"]["test_count"] = 4  # one study overrides: a warning that names it
+    with pytest.warns(UserWarning, match="studies.eps.test_count=4"):
+        load_config(_write(tmp_path, config), parse_overrides(["data.test_count=8"]))
+
+
+def test_extends_merges_and_a_cycle_is_named(tmp_path):
+    base = merge(json.loads(TINY.read_text()), {"seed": 1})
+    _write(tmp_path, base, "base.json")
+    child = _write(tmp_path, {"extends": "base.json", "eval_batch_size": 8}, "child.json")
+    config = load_config(child, {"models": {"ann": {"epochs": 2}}})
+    assert (config["seed"], config["eval_batch_size"], config["models"]["ann"]) == (1, 8, dict(base["models"]["ann"], epochs=2))
+    _write(tmp_path, {"extends": "b.json"}, "a.json")
+    _write(tmp_path, {"extends": "a.json"}, "b.json")
+    with pytest.raises(ValueError, match=r"'extends' forms a cycle: .*a.json -> .*b.json -> .*a.json"):
+        load_config(tmp_path / "a.json")
+    _write(tmp_path, {"extends": "gone.json"}, "orphan.json")
+    with pytest.raises(ValueError, match=r"'extends' of .*orphan.json' = .*gone.json': no such file"):
+        load_config(tmp_path / "orphan.json")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        load_config(tmp_path / "missing.json")
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_config(path)
+
+
+def test_output_folder_must_be_writable(tmp_path):
+    assert check_output_dir(tmp_path / "new" / "deep").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="'--out' = .*file': is a file, not a folder"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match="'--out' = .*file/sub': cannot write there"):
+        check_output_dir(tmp_path / "file" / "sub")
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="cannot write there"):
+        check_output_dir(locked)
+
+
+def test_a_timesteps_that_cannot_fit_in_memory_is_refused_at_load(tmp_path):
+    config = merge(json.loads(TINY.read_text()), {"models": {"snn_conv": {"timesteps": 10**12}}})
+    config["studies"]["timesteps"]["timesteps"] = [2, 10**13]
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, config))
+    assert [p.split(":")[0] for p in error.value.problems] == [
+        "config key 'models.snn_conv.timesteps' = 1000000000000", "config key 'studies.timesteps.timesteps[1]' = 10000000000000"]
+    assert "alone needs" in error.value.problems[0]
