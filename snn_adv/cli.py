@@ -16,7 +16,7 @@ from . import __version__
 #: what a user can cause and fix (bad value, config, file, data folder, diverging training): one line, exit 2
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 #: commands whose ``--out`` is a folder (the others write one checkpoint file)
-FOLDER_OUTPUTS = ("quickstart", "study")
+FOLDER_OUTPUTS = ("quickstart", "study", "evaluate")
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
