@@ -89,6 +89,7 @@ class Attack:
         if not isinstance(targeted, bool):
             raise TypeError(f"argument 'targeted' = {targeted!r}: must be True or False")
         self.targeted = targeted
+        self._at_start = True  # the next input gradient is the first of a call (see input_gradient)
         self.manual_seed(seed)
 
     # ---------------------------------------------------------------- seeding and settings
@@ -131,7 +132,8 @@ class Attack:
         Must run inside :meth:`__call__` (gradient mode installed, model in eval mode).
 
         :raises NoInputGradientError: when the logits do not depend on the input in autograd's graph, or the
-            gradient is exactly zero for the whole batch: the attack would silently return the clean images.
+            first gradient of a call is exactly zero for the whole batch: the attack would silently return the
+            clean images (or its random start). A zero gradient later on is a flat region the attack reached.
         """
         total = torch.zeros_like(images)
         for _ in range(self.eot):
@@ -144,8 +146,9 @@ class Attack:
             if grad is None:
                 raise NoInputGradientError(self.model, "the logits are not connected to the input in autograd")
             total += grad
-        if not total.any():
+        if self._at_start and not total.any():
             raise NoInputGradientError(self.model, "the input gradient is exactly zero for every sample of the batch")
+        self._at_start = False
         return total / self.eot
 
     def random_uniform(self, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -165,5 +168,6 @@ class Attack:
             with torch.no_grad():
                 num_classes = self.model(images[:1]).shape[1]
             check_labels(labels, num_classes, images.shape[0])
+            self._at_start = True
             adversarial = self.forward(images, labels.to(images.device))
         return project(adversarial.detach(), images, self.eps)
