@@ -1,4 +1,4 @@
-"""The cell runner, config loading, seeds, tables and plots (the studies themselves: tests/test_studies.py)."""
+"""The cell runner, seeds, tables, plots and presets (the studies themselves: tests/test_studies.py)."""
 import csv
 import json
 import random
