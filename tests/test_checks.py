@@ -86,6 +86,7 @@ def test_minimal_norm_not_more_robust(name, ann, images):
     assert rescaled.passed is True, rescaled  # the rescaling wrapper is the fix
 
 
+@pytest.mark.slow  # the individual checks above cover each verdict; this runs the whole battery twice
 def test_battery_passes_on_the_honest_ann_and_warns_on_a_masked_one(ann, images):
     small = dict(eps=EPS, steps=5, eps_factors=(0.5, 1.0), more=2, square_queries=100, minimal_norm=("FAB",))
     with warnings.catch_warnings():
