@@ -1,10 +1,8 @@
 """Self-checks: each fails on a deliberately masked model (its suspicious direction is significant) and passes on
 the honest ANN; verdicts come from paired tests."""
-import functools
 import warnings
 
 import pytest
-import torch
 
 from attack_helpers import Masked, ann, data  # noqa: F401 (fixtures)
 from snn_adv.attacks import PGD, GradientScaled
