@@ -18,7 +18,6 @@ per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Tuple
 
 import numpy as np

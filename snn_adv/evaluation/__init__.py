@@ -5,39 +5,8 @@ sample, with intervals), the stochastic-model protocol, and self-checks whose ve
 - :mod:`.checks`: :class:`Check`, the ``check_*`` functions and the battery :func:`sanity_checks`;
 - paired tests and intervals live in :mod:`snn_adv.stats`.
 """
-from .checks import (
-    MINIMAL_NORM_ATTACKS,
-    Check,
-    GradientMaskingWarning,
-    check_gradient_free,
-    check_large_eps,
-    check_minimal_norm,
-    check_monotone_in_eps,
-    check_more_effort,
-    check_whitebox_vs_transfer,
-    sanity_checks,
-    seed_spread,
-    warn_failures,
-)
-from .engine import KINDS, EvaluationResult, check_attack_protocol, describe_attack, describe_model, evaluate
+from . import checks, engine
+from .checks import *  # noqa: F401,F403 (re-exported: see checks.__all__)
+from .engine import *  # noqa: F401,F403 (re-exported: see engine.__all__)
 
-__all__ = [
-    "Check",
-    "EvaluationResult",
-    "GradientMaskingWarning",
-    "KINDS",
-    "MINIMAL_NORM_ATTACKS",
-    "check_attack_protocol",
-    "check_gradient_free",
-    "check_large_eps",
-    "check_minimal_norm",
-    "check_monotone_in_eps",
-    "check_more_effort",
-    "check_whitebox_vs_transfer",
-    "describe_attack",
-    "describe_model",
-    "evaluate",
-    "sanity_checks",
-    "seed_spread",
-    "warn_failures",
-]
+__all__ = sorted(engine.__all__ + checks.__all__)

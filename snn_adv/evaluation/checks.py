@@ -207,7 +207,7 @@ def sanity_checks(
     large_eps_bound: float = 0.05,
     more: int = 4,
     square_queries: Optional[int] = 300,
-    minimal_norm: Sequence[str] = tuple(MINIMAL_NORM_ATTACKS),
+    minimal_norm: Sequence[str] = ("FAB",),
     seed: int = 0,
     scoring_seeds: Sequence[int] = (0,),
     level: float = 0.95,
@@ -221,7 +221,10 @@ def sanity_checks(
     ``eps * eps_factors``; at ``large_eps`` with ``4*steps`` steps from the clean image; with ``more`` times the
     steps and ``more`` restarts; transferred from each of ``sources`` (name -> model, e.g. the ANN twin and a
     separately trained network); torchattacks' Square with ``square_queries`` queries and the ``minimal_norm``
-    attacks of :data:`MINIMAL_NORM_ATTACKS` (skipped when torchattacks is missing). Every evaluation uses the same
+    attacks of :data:`MINIMAL_NORM_ATTACKS` (skipped when torchattacks is missing). The default is FAB (L-inf, the
+    same ball as PGD); DeepFool and CW are L2 attacks compared in the L2 ball that contains the L-inf ball, which
+    is sound only for a converged attack: with their default steps, DeepFool left 45 % of an honest Fashion-MNIST
+    ANN's images robust where PGD left 28 % (a false alarm), so they are opt-in. Every evaluation uses the same
     images, ``seed`` and ``scoring_seeds``, so all comparisons are paired. Returns the :class:`Check` list, the
     seed spread last; warns about failures when ``warn``.
     """
