@@ -9,7 +9,8 @@ tests its claims under strong adaptive attacks. The public API, by room:
   :func:`resnet20`, :func:`spiking_twin`, :func:`load_tensors`, :func:`make_loader`, :func:`train`,
   :func:`convert`, :func:`hybrid_init`, :mod:`checkpoints`
 - attacks and evaluation: :class:`FGSM`, :class:`PGD`, :class:`WorstCase`, :func:`gradient_mode`, :func:`adapt`,
-  :func:`evaluate`, :func:`sanity_checks`
+  :func:`evaluate` (:class:`EvaluationResult` with intervals), :mod:`stats` (paired tests),
+  :func:`sanity_checks`, :func:`fixed_noise`, :func:`is_stochastic`, :func:`check_attack_protocol`
 - experiments: :func:`run_study`, :func:`quickstart`
 """
 __version__ = "0.1.0"
@@ -29,8 +30,9 @@ from .attacks import FGSM, PGD, WorstCase, adapt, gradient_mode, gradient_mode_e
 from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier
 from .conversion import convert, hybrid_init
 from .data import dataset_info, load_tensors, make_loader
-from .encoding import DirectEncoder, PoissonEncoder
-from .evaluation import EvaluationResult, GradientMaskingWarning, evaluate, sanity_checks
+from . import stats
+from .encoding import DirectEncoder, PoissonEncoder, fixed_noise, is_stochastic
+from .evaluation import Check, EvaluationResult, GradientMaskingWarning, check_attack_protocol, evaluate, sanity_checks
 from .models import build_classifier, resnet20, spiking_twin, vgg5, vgg11
 from .neurons import LeakyLIFNode, PiecewiseLinear, set_leak
 from .quickstart import quickstart
@@ -40,6 +42,7 @@ from .training import seed_everything, train, train_ann, train_snn
 __all__ = [
     "__version__",
     "AnnClassifier",
+    "Check",
     "DirectEncoder",
     "EvaluationResult",
     "FGSM",
@@ -54,13 +57,16 @@ __all__ = [
     "WorstCase",
     "adapt",
     "build_classifier",
+    "check_attack_protocol",
     "checkpoints",
     "convert",
     "dataset_info",
     "evaluate",
+    "fixed_noise",
     "gradient_mode",
     "gradient_mode_ensemble",
     "hybrid_init",
+    "is_stochastic",
     "load_tensors",
     "make_loader",
     "quickstart",
@@ -71,6 +77,7 @@ __all__ = [
     "seed_everything",
     "set_leak",
     "spiking_twin",
+    "stats",
     "train",
     "train_ann",
     "train_snn",

@@ -16,7 +16,7 @@ from . import __version__
 #: what a user can cause and fix (bad value, config, file, data folder, diverging training): one line, exit 2
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 #: commands whose ``--out`` is a folder (the others write one checkpoint file)
-FOLDER_OUTPUTS = ("quickstart", "study")
+FOLDER_OUTPUTS = ("quickstart", "study", "evaluate")
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
@@ -28,15 +28,72 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .studies import STUDIES, run_studies
     from .config import load_config, parse_overrides
+    from .configs import config_path
+    from .studies import STUDIES, run_studies
 
     overrides = parse_overrides(args.set or [])
     if args.data_root is not None:
         overrides.setdefault("data", {})["root"] = args.data_root
-    config = load_config(args.config, overrides)
+    config = load_config(config_path(args.config), overrides)
     names = list(STUDIES) if args.names == ["all"] else args.names
     run_studies(names, config, args.out, progress=not args.quiet)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import checkpoints
+    from .attack_specs import load_attacks
+    from .cells import claim_output_folder, write_table
+    from .data import load_tensors
+    from .distributed import init_distributed
+    from .io import atomic_write, atomic_write_json, provenance
+    from .studies.common import COMPARISON_COLUMNS, check_evaluation_data
+    from .studies.robustness import ROW_COLUMNS, evaluate_models
+
+    def models(paths: List[str], what: str) -> dict:
+        named = {Path(p).stem: checkpoints.load(p) for p in paths}
+        if len(named) != len(paths):
+            raise ValueError(f"argument '{what}' = {paths}: two checkpoints share a file name; give them distinct names")
+        return named
+
+    targets, sources = models(args.targets, "targets"), models(args.source or [], "--source")
+    datasets = {m.arch["dataset"] for m in [*targets.values(), *sources.values()]}
+    if len(datasets) != 1:
+        raise ValueError(f"arguments 'targets'/'--source': checkpoints of different datasets {sorted(datasets)}")
+    dataset = datasets.pop()
+    attacks = load_attacks(args.attacks, args.study)
+    images, labels = load_tensors(dataset, "test", count=args.test_count, root=args.data_root, seed=args.subset_seed)
+    check_evaluation_data(images, labels, dataset)
+    info = init_distributed()  # under torchrun every rank evaluates its batches; rank 0 reports
+    rows, table, checks, comparisons = evaluate_models(
+        targets, sources, images, labels, attacks, seed=args.seed, scoring_seeds=args.eval_seeds,
+        batch_size=args.batch_size, progress=not args.quiet and info.is_main)
+    if not info.is_main:
+        return 0
+    verdicts = {True: "PASS", False: "FAIL (possible gradient masking)", None: "info"}
+    check_lines = [f"- {verdicts[c.passed]}: {c.name}: {c.detail}" for c in checks]
+    print(f"Accuracy (%) [95 % interval over images and Poisson seeds] on {len(labels)} {dataset} test images, "
+          f"{len(args.eval_seeds)} scoring seed(s) (WB whitebox; BB blackbox from a source):\n\n{table}")
+    print("Self-checks (verdicts from one-sided paired tests at p < 0.05):\n" + "\n".join(check_lines or ["- none"]))
+    if comparisons:
+        from .cells import markdown_table
+
+        print("\nPaired comparisons on the same images (a - b, accuracy points):\n\n"
+              + markdown_table(comparisons, COMPARISON_COLUMNS))
+    if args.out is not None:
+        with claim_output_folder(args.out) as out:
+            write_table(rows, ROW_COLUMNS, out / "table", markdown=table)
+            write_table(comparisons, COMPARISON_COLUMNS, out / "comparisons")
+            atomic_write_json(out / "table.json", {"rows": rows, "attacks": attacks, "dataset": dataset,
+                                                   "test_count": len(labels), "scoring_seeds": args.eval_seeds,
+                                                   "provenance": provenance(seed=args.seed)})
+            atomic_write_json(out / "checks.json", [c.to_dict() for c in checks])
+            with atomic_write(out / "checks.md", "w") as handle:
+                handle.write("\n".join(check_lines) + "\n")
+        print(f"\nwritten to {args.out}: table.md/.csv/.json, checks.md/.json, comparisons.md/.csv/.json")
     return 0
 
 
@@ -212,13 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the paper's studies: robustness, timesteps, leak, eps, layerwise, "
                                             "strong, or all. Finished cells are skipped on a rerun.")
     study.add_argument("names", nargs="+", metavar="STUDY", help="study names, or 'all'")
-    study.add_argument("--config", required=True, help="JSON config, e.g. experiments/configs/cpu.json")
+    study.add_argument("--config", required=True, help="a preset name (cpu, tiny, quickstart, paper_cifar10_vgg5...) or a JSON config file")
     study.add_argument("--out", required=True, help="output folder (tables, plots, cells, model cache)")
     study.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
     study.add_argument("--set", action="append", metavar="KEY=JSON",
                        help="override a config value, e.g. --set data.test_count=200 (repeatable)")
     study.add_argument("--quiet", action="store_true", help="no progress bars")
     study.set_defaults(func=_study)
+
+    evaluate = commands.add_parser(
+        "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="robustness table of any checkpoints, with intervals and self-check verdicts",
+        description="Evaluate checkpoints (targets) under attack entries: clean, each attack whitebox on every target "
+                    "and blackbox from every --source onto every target, crafted once and scored on every target "
+                    "and Poisson seed. Prints accuracies with 95 % intervals, the self-checks (verdicts from paired "
+                    "tests) and paired comparisons of each target against the first.")
+    evaluate.add_argument("targets", nargs="+", metavar="CHECKPOINT", help="target checkpoints (snn-adv train-ann/convert/train-snn)")
+    evaluate.add_argument("--source", action="append", metavar="CHECKPOINT",
+                          help="blackbox source checkpoint (repeatable)")
+    evaluate.add_argument("--attacks", required=True, metavar="JSON|PRESET",
+                          help="a JSON file of attack entries (a list, or {\"attacks\": [...]}), or a preset/config "
+                               "whose studies.<--study>.attacks to use, e.g. cpu")
+    evaluate.add_argument("--study", default="robustness", help="which study's attack list a preset gives")
+    evaluate.add_argument("--data-root", default=None, help="dataset folder (the checkpoints name the dataset)")
+    evaluate.add_argument("--test-count", type=_positive_int, default=1000,
+                          help="class-balanced subset of N test images")
+    evaluate.add_argument("--subset-seed", type=int, default=0, help="seed of the test subset")
+    evaluate.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                          help="Poisson scoring seeds (distinct)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100, help="evaluation batch size")
+    evaluate.add_argument("--seed", type=int, default=0, help="base seed of the crafting and scoring streams")
+    evaluate.add_argument("--out", default=None, help="also write the tables and checks to this folder")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=_evaluate)
     _add_model_commands(commands)
     for command in commands.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

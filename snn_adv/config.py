@@ -208,7 +208,7 @@ ATTACK = Section({
 ATTACKS = ListOf(ATTACK)
 KINDS = ListOf(KIND, unique=True)
 
-#: keys of :func:`snn_adv.training.train` a model recipe may set (the pipeline sets seed and progress itself)
+#: keys of :func:`snn_adv.training.train` a model recipe may set (the model zoo sets seed and progress itself)
 _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
              "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
              "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT}

@@ -3,8 +3,9 @@
 Run any entry point under ``torchrun --nproc_per_node N``; without torchrun every helper degrades to one process.
 
 Evaluation is sharded by whole batches: batch ``b`` (a fixed slice of the test set) goes to rank ``b mod N`` and is
-evaluated with the seed ``derive_seed(seed, b)`` (Poisson draws, random starts), so each batch is computed exactly as
-it would be on one process, and the integer counts summed over ranks equal the one-process totals for any ``N``.
+evaluated with its global start index, from which the engine derives its random streams (Poisson draws, random
+starts), so each batch is computed exactly as it would be on one process, and the merged per-sample results equal
+the one-process result for any ``N``.
 
 Training wraps the model in ``DistributedDataParallel`` and feeds each rank a :class:`DistributedSampler` shard:
 with per-rank batch ``B/N`` the averaged gradient is that of one process taking batch ``B``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -21,8 +22,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .study import derive_seed
 from .validation import check_positive_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evaluation import EvaluationResult
 
 __all__ = [
     "DistInfo",
@@ -30,7 +33,7 @@ __all__ = [
     "shutdown_distributed",
     "dist_info",
     "shard_batches",
-    "sharded_counts",
+    "sharded_evaluate",
     "wrap_ddp",
     "distributed_loader",
 ]
@@ -87,42 +90,45 @@ def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list:
     return [(b, s, min(s + batch_size, n)) for b, s in enumerate(starts) if b % world_size == rank]
 
 
-CountFn = Callable[[torch.Tensor, torch.Tensor, int], Mapping[str, int]]
-
-
-def sharded_counts(
-    count: CountFn,
+def sharded_evaluate(
+    targets: Mapping[str, nn.Module],
     images: torch.Tensor,
     labels: torch.Tensor,
+    attack: Any = None,
+    source: Optional[nn.Module] = None,
     *,
-    batch_size: int,
     seed: int,
+    scoring_seeds: Sequence[int],
+    batch_size: int,
     desc: str = "evaluate",
     progress: bool = True,
-) -> Dict[str, int]:
-    """Sum of ``count(images[b], labels[b], derive_seed(seed, b))`` over all batches ``b``, across all ranks.
+) -> Dict[str, "EvaluationResult"]:
+    """:func:`snn_adv.evaluation.evaluate` of ``targets`` on ``(images, labels)``, its batches spread over the ranks.
 
-    ``count`` returns integer counts (e.g. ``{"correct": 12, "total": 64}``); each rank evaluates its shard on its
-    device and the per-key totals are summed over ranks, so every rank returns the same totals.
+    Each rank evaluates its batches (:func:`shard_batches`) with their global ``start_index``, so every batch draws
+    the random streams it would draw in one process; the per-sample results of all ranks are gathered and merged
+    (:meth:`~snn_adv.evaluation.EvaluationResult.merge`), and every rank returns the one-process result.
     """
+    from .evaluation import EvaluationResult, evaluate
+
     info = dist_info()
     if len(images) != len(labels):
         raise ValueError(f"arguments 'images' and 'labels' must have the same length, got {len(images)} and {len(labels)}")
-    totals: Dict[str, int] = {}
+    for model in [source, *targets.values()]:
+        if model is not None:
+            model.to(info.device)
     shard = shard_batches(len(images), batch_size, info.rank, info.world_size)
-    for b, start, stop in tqdm(shard, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False):
-        x, y = images[start:stop].to(info.device), labels[start:stop].to(info.device)
-        for key, value in count(x, y, derive_seed(seed, b)).items():
-            totals[key] = totals.get(key, 0) + int(value)
-    if info.world_size == 1:
-        return totals
-    gathered = [None] * info.world_size
-    dist.all_gather_object(gathered, totals)  # small dicts of ints: exact, and ranks may see different keys
-    reduced: Dict[str, int] = {}
-    for part in gathered:
-        for key, value in part.items():
-            reduced[key] = reduced.get(key, 0) + value
-    return reduced
+    parts: List[Dict[str, Any]] = []
+    for _, start, stop in tqdm(shard, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False):
+        results = evaluate(dict(targets), (images[start:stop], labels[start:stop]), attack, source, seed=seed,
+                           scoring_seeds=scoring_seeds, batch_size=batch_size, start_index=start, device=info.device,
+                           progress=False)
+        parts.append({name: result.to_dict() for name, result in results.items()})
+    if info.world_size > 1:
+        gathered: List[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, parts)  # per-sample 0/1 lists: exact
+        parts = [part for rank_parts in gathered for part in rank_parts]
+    return {name: EvaluationResult.merge([EvaluationResult.from_dict(part[name]) for part in parts]) for name in targets}
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:

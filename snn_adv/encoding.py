@@ -6,14 +6,16 @@ stream, so we write it here.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+import contextlib
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn as nn
 
 from .validation import check_fraction, check_levels, check_positive_int
 
-__all__ = ["PoissonEncoder", "DirectEncoder", "quantize", "Encoder"]
+__all__ = ["PoissonEncoder", "DirectEncoder", "quantize", "Encoder", "fixed_noise", "fixed_noise_seed", "is_stochastic",
+           "stochastic_encoders"]
 
 
 def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -34,7 +36,12 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class Encoder(nn.Module):
-    """Base class: ``encoder(x, timesteps) -> [T, *x.shape]`` for normalised input ``x`` in [-1, 1]."""
+    """Base class: ``encoder(x, timesteps) -> [T, *x.shape]`` for normalised input ``x`` in [-1, 1].
+
+    ``stochastic``: whether two forwards of the same input may differ (then the encoder has ``manual_seed``).
+    """
+
+    stochastic = False
 
     def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -56,7 +63,11 @@ class PoissonEncoder(Encoder):
 
     Gradient: straight-through, ``dL/dx = sum_t dL/ds_t`` (the paper's SNN-crafted attack; quantisation too is
     passed through as identity).
+
+    Under :func:`fixed_noise` every forward restarts the stream from the fixed seed (the same draw every call).
     """
+
+    stochastic = True
 
     def __init__(self, rate: float = 1.0, levels: Optional[int] = None, seed: Optional[int] = None):
         super().__init__()
@@ -65,6 +76,7 @@ class PoissonEncoder(Encoder):
             raise ValueError("argument 'rate' = 0.0: must lie in (0, 1]")
         self.levels = check_levels(levels)
         self.seed = seed
+        self.fixed_seed: Optional[int] = None  # set by fixed_noise(): every forward uses this seed's draw
         self._generators: Dict[torch.device, torch.Generator] = {}
 
     def extra_repr(self) -> str:
@@ -80,6 +92,8 @@ class PoissonEncoder(Encoder):
         return self
 
     def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+        if self.fixed_seed is not None:
+            return torch.Generator(device=device).manual_seed(self.fixed_seed)
         if self.seed is None:
             return None
         generator = self._generators.get(device)
@@ -123,3 +137,60 @@ def build_encoder(settings: Dict) -> Encoder:
     if name == "direct":
         return DirectEncoder()
     raise ValueError(f"argument 'encoder' = {name!r}: must be 'poisson' or 'direct'")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stochastic models
+# --------------------------------------------------------------------------------------------------------------
+def _stock_poisson_types() -> tuple:
+    from spikingjelly.activation_based import encoding as sj_encoding
+
+    return (sj_encoding.PoissonEncoder,)
+
+
+def stochastic_encoders(model: nn.Module) -> List[nn.Module]:
+    """Our stochastic encoders inside ``model`` (each with ``manual_seed``), in module order."""
+    return [m for m in model.modules() if getattr(m, "stochastic", False) is True and hasattr(m, "manual_seed")]
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """Whether ``model``'s forward is random: it holds a Poisson encoder (ours or SpikingJelly's) that is not
+    under :func:`fixed_noise`. A random model needs EOT attacks and AutoAttack's ``version='rand'``."""
+    stock = _stock_poisson_types()
+    return any(isinstance(m, stock) for m in model.modules()) or any(
+        m.fixed_seed is None for m in stochastic_encoders(model))
+
+
+def fixed_noise_seed(model: nn.Module) -> Optional[int]:
+    """The seed of the fixed draw when ``model`` (or this encoder) is under :func:`fixed_noise`, else None."""
+    seeds = [m.fixed_seed for m in stochastic_encoders(model) if getattr(m, "fixed_seed", None) is not None]
+    return seeds[0] if seeds else None
+
+
+@contextlib.contextmanager
+def fixed_noise(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Inside the block every forward of ``model`` uses the same Poisson draw (that of ``seed``): the model is a
+    deterministic function, as decision-based and deterministic tools (foolbox's BoundaryAttack, DeepFool) assume.
+
+    The draw is per call shape: inputs of the same batch shape get the same spikes for the same pixel values.
+    :func:`snn_adv.evaluation.evaluate` labels results computed inside the block ``noise = "fixed draw (seed k)"``:
+    they hold for that one draw, not for the random model. Yields ``model``; the previous behaviour is restored.
+
+    :raises ValueError: when ``model`` holds a stochastic encoder that cannot be seeded (SpikingJelly's own
+        ``PoissonEncoder``): use :class:`PoissonEncoder`.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"argument 'seed' = {seed!r}: must be an integer >= 0")
+    stock = [type(m).__name__ for m in model.modules() if isinstance(m, _stock_poisson_types())]
+    if stock:
+        raise ValueError(f"argument 'model': holds {stock[0]} from spikingjelly, whose draws cannot be fixed; "
+                         "use snn_adv.PoissonEncoder (seeded) instead")
+    encoders = stochastic_encoders(model)
+    previous = [e.fixed_seed for e in encoders]
+    for encoder in encoders:
+        encoder.fixed_seed = seed
+    try:
+        yield model
+    finally:
+        for encoder, value in zip(encoders, previous):
+            encoder.fixed_seed = value

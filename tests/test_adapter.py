@@ -8,7 +8,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron
 
 from attack_helpers import TIMESTEPS, accuracy, data, snn  # noqa: F401 (fixtures)
-from snn_adv.attacks import PGD, adapt
+from snn_adv.attacks import FGSM, PGD, NoInputGradientError, adapt
 from snn_adv.classifier import SpikingClassifier
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear
@@ -86,3 +86,12 @@ def test_adapter_bad_networks(snn):
         adapt("not a network")
     with pytest.raises(ValueError, match="timesteps"):
         adapt(stock_network(snn), timesteps=0)
+
+
+def test_attacks_on_stock_neurons_in_eval_raise_and_name_the_fix(snn, model, data):
+    x, y = data[0][:8], data[1][:8]
+    plain = SpikingClassifier(stock_network(snn), PoissonEncoder(seed=0), timesteps=TIMESTEPS).eval()
+    for attack in (FGSM(plain, eps=0.1), PGD(plain, eps=0.1, alpha=0.05, steps=2)):
+        with pytest.raises(NoInputGradientError, match=r"IFNode.*wrap the network with snn_adv.adapt"):
+            attack(x, y)
+    assert not torch.equal(FGSM(model, eps=0.1)(x, y), x)  # adapted: the same network is attacked

@@ -5,7 +5,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import surrogate
 
 from attack_helpers import accuracy, data, snn  # noqa: F401 (fixtures)
-from snn_adv.attacks import FGSM, PGD, gradient_mode_ensemble
+from snn_adv.attacks import FGSM, PGD, NoInputGradientError, WorstCase
 from snn_adv.classifier import AnnClassifier
 from snn_adv.neurons import LeakyLIFNode
 
@@ -112,16 +112,20 @@ def test_fgsm_and_pgd_lower_snn_accuracy(snn, data):
     assert fgsm < clean - 0.1 and pgd < clean - 0.2
 
 
-def test_worst_case_picks_each_sample_from_a_member(snn, data):
-    model, (x, y) = snn, data
-    ensemble = gradient_mode_ensemble(model, modes=("bptt", "rate"), eps=0.05, alpha=0.0125, steps=3)
-    ensemble.manual_seed(0), model.encoder.manual_seed(0)
-    worst = ensemble(x, y)
-    ensemble.manual_seed(0), model.encoder.manual_seed(0)
-    outputs = ensemble.members_outputs(x, y)
-    distance = torch.stack([(worst - o).abs().amax((1, 2, 3)) for o in outputs])  # [members, N]
-    assert (distance.min(0).values == 0).all()
-    assert not torch.equal(outputs[0], outputs[1])
+def test_worst_case_picks_the_highest_loss_member_per_sample():
+    model = linear_model(classes=3)
+    x, y = images(n=16), torch.tensor([0, 1, 2, 0] * 4)
+    # random points of the ball (one tiny step from a random start): the best member varies by sample
+    members = [PGD(model, eps=0.1, alpha=1e-3, steps=1, seed=s) for s in (1, 2, 3)]
+    worst = WorstCase(members)(x, y)
+    for member, seed in zip(members, (1, 2, 3)):
+        member.manual_seed(seed)  # replay the members' random starts
+    outputs = torch.stack([member(x, y) for member in members])  # [members, N, ...]
+    with torch.no_grad():
+        losses = torch.stack([nn.functional.cross_entropy(model(o), y, reduction="none") for o in outputs])
+    pick = losses.argmax(0)
+    torch.testing.assert_close(worst, outputs[pick, torch.arange(16)])
+    assert len(set(pick.tolist())) > 1  # the choice is per sample, not one member for the whole batch
 
 
 # ---------------------------------------------------------------- bad arguments, one each
@@ -158,3 +162,22 @@ def test_bad_inputs_raise():
         FGSM(lambda x: x)
     with pytest.raises(ValueError, match="grad_mode"):
         PGD(linear_model(), grad_mode="hart")(x, y)  # an ANN has no spiking neurons to change
+
+
+class _Quantise(nn.Module):
+    """A non-differentiable quantiser (round to 4 levels): autograd gives an exactly zero input gradient."""
+
+    def forward(self, x):
+        return torch.round(x * 3) / 3
+
+
+@pytest.mark.parametrize("attack", [FGSM, PGD])
+def test_no_input_gradient_raises_instead_of_returning_clean_images(attack):
+    x, y = images(), torch.zeros(8, dtype=torch.long)
+    quantised = AnnClassifier(nn.Sequential(_Quantise(), nn.Flatten(), nn.Linear(12, 3)), (0.0,), (1.0,))
+    with pytest.raises(NoInputGradientError, match="exactly zero.*non-differentiable"):
+        attack(quantised, eps=0.1)(x, y)
+    detached = AnnClassifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (0.0,), (1.0,))
+    detached.forward = lambda images: AnnClassifier.forward(detached, images.detach())
+    with pytest.raises(NoInputGradientError, match="not connected"):
+        attack(detached, eps=0.1)(x, y)

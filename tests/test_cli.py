@@ -9,7 +9,7 @@ import pytest
 from snn_adv import __version__
 from snn_adv.cli import main
 
-TINY = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "tiny.json"
+TINY = Path(__file__).resolve().parent.parent / "snn_adv" / "configs" / "tiny.json"
 
 
 def _one_error_line(capsys):

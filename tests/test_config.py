@@ -6,20 +6,14 @@ from pathlib import Path
 import pytest
 
 from snn_adv.config import ConfigError, check_output_dir, load_config, merge, parse_overrides, validate_config
-from snn_adv.quickstart import QUICKSTART_CONFIG, TEST_BUDGET
 
-CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "snn_adv" / "configs"
 TINY = CONFIGS / "tiny.json"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.json")))
 def test_every_preset_fits_the_schema(name):
     assert load_config(CONFIGS / name)["studies"]
-
-
-def test_the_quickstart_config_fits_the_schema():
-    validate_config(QUICKSTART_CONFIG)
-    validate_config(merge(QUICKSTART_CONFIG, TEST_BUDGET))
 
 
 def _write(tmp_path, config, name="c.json"):
@@ -76,7 +70,7 @@ def test_set_overrides_are_checked_like_the_file():
 
 def test_a_set_that_study_sections_override_says_so(tmp_path):
     cpu = CONFIGS / "cpu.json"  # every study section sets its own test_count
-    with pytest.raises(ValueError, match=r"--set data.test_count=500 is overridden by studies.robustness.test_count=200"
+    with pytest.raises(ValueError, match=r"--set data.test_count=500 is overridden by studies.robustness.test_count=\d+"
                                          r".*changes nothing"):
         load_config(cpu, parse_overrides(["data.test_count=500"]))
     assert load_config(cpu, parse_overrides(["studies.eps.test_count=50"]))["studies"]["eps"]["test_count"] == 50

@@ -1,4 +1,4 @@
-"""torchrun sharding: 2 gloo CPU ranks give exactly the 1-rank totals; DDP training equals one process's full batch."""
+"""torchrun sharding: 2 gloo CPU ranks give exactly the 1-rank evaluation; DDP training equals one process's full batch."""
 import json
 import os
 import subprocess
@@ -8,31 +8,35 @@ import textwrap
 import pytest
 import torch
 
-from snn_adv.distributed import shard_batches, sharded_counts
+from snn_adv.distributed import shard_batches, sharded_evaluate
 
 SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
     from torch.utils.data import TensorDataset
-    from snn_adv.distributed import init_distributed, sharded_counts, wrap_ddp, distributed_loader, shutdown_distributed
-
-    def count(x, y, seed):
-        # a noisy "classifier": its randomness comes only from the per-batch seed, as an attack's would
-        g = torch.Generator().manual_seed(seed)
-        pred = (x + 0.5 * torch.randn(x.shape, generator=g)).sum(1).gt(0).long()
-        return {"correct": int((pred == y).sum()), "total": len(y), "batches": 1}
+    from functools import partial
+    from snn_adv.attacks import PGD
+    from snn_adv.distributed import init_distributed, sharded_evaluate, wrap_ddp, distributed_loader, shutdown_distributed
+    from snn_adv.models import build_classifier
 
     info = init_distributed()
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(203, 5, generator=g)
-    labels = (images.sum(1) > 0).long()
-    counts = sharded_counts(count, images, labels, batch_size=16, seed=7, progress=False)
+    torch.manual_seed(0)
+    target, source = (build_classifier("vgg-tiny", "fashion-mnist-bundled").eval() for _ in range(2))
+    spiking = build_classifier("vgg-tiny", "fashion-mnist-bundled", "snn", timesteps=4).eval()  # Poisson scoring draws
+    images = torch.rand(43, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(43) % 10
+    # PGD with a random start: crafting randomness must follow the batch, not the rank
+    attack = partial(PGD, eps=0.1, alpha=0.05, steps=2, random_start=True)
+    results = sharded_evaluate({"a": target, "b": source, "s": spiking}, images, labels, attack, source, seed=7,
+                               scoring_seeds=[0, 1], batch_size=8, progress=False)
+    outcomes = {k: [r.clean_correct.tolist(), r.adversarial_correct.tolist(), r.index.tolist()] for k, r in results.items()}
 
     # DDP: 3 SGD steps of a linear model on a global batch of 8
     torch.manual_seed(1)
     model = wrap_ddp(torch.nn.Linear(5, 2))
-    loader, sampler = distributed_loader(TensorDataset(images[:64], labels[:64]), 8, seed=3)
+    data = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+    loader, sampler = distributed_loader(TensorDataset(data, (data.sum(1) > 0).long()), 8, seed=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sampler.set_epoch(0)
     for step, (x, y) in zip(range(3), loader):
@@ -41,7 +45,7 @@ SCRIPT = textwrap.dedent(
         opt.step()
     weights = [p.detach().flatten().tolist() for p in model.parameters()]
     if info.is_main:
-        json.dump({"counts": counts, "world": info.world_size, "weights": weights}, open(sys.argv[1], "w"))
+        json.dump({"outcomes": outcomes, "world": info.world_size, "weights": weights}, open(sys.argv[1], "w"))
     shutdown_distributed()
     """
 )
@@ -51,7 +55,8 @@ def _run(tmp_path, nproc):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"out{nproc}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # subprocesses import this checkout
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     if nproc == 1:
         cmd = [sys.executable, str(script), str(out)]
     else:
@@ -65,8 +70,8 @@ def _run(tmp_path, nproc):
 def test_two_gloo_ranks_give_the_one_rank_totals_and_ddp_matches_full_batch(tmp_path):
     one, two = _run(tmp_path, 1), _run(tmp_path, 2)
     assert (one["world"], two["world"]) == (1, 2)
-    assert one["counts"]["total"] == 203 and one["counts"]["batches"] == 13
-    assert two["counts"] == one["counts"]
+    assert one["outcomes"]["a"][2] == list(range(43))  # every image once, in order
+    assert two["outcomes"] == one["outcomes"]
     for w1, w2 in zip(one["weights"], two["weights"]):
         assert torch.allclose(torch.tensor(w1), torch.tensor(w2), atol=1e-6)
 
@@ -80,11 +85,20 @@ def test_shards_partition_the_batches():
         shard_batches(n, bs, 3, world)
 
 
-def test_single_process_counts_match_a_hand_loop():
-    images, labels = torch.arange(10.0).unsqueeze(1), torch.arange(10) % 2
-    counts = sharded_counts(lambda x, y, s: {"odd": int(y.sum()), "seedsum": s % 2}, images, labels,
-                            batch_size=3, seed=0, progress=False)
-    assert counts["odd"] == 5
-    from snn_adv.study import derive_seed
+def test_single_process_sharded_evaluation_equals_one_evaluate_call():
+    from functools import partial
 
-    assert counts["seedsum"] == sum(derive_seed(0, b) % 2 for b in range(4))
+    from snn_adv.attacks import PGD
+    from snn_adv.evaluation import evaluate
+    from snn_adv.models import build_classifier
+
+    torch.manual_seed(0)
+    target, source = build_classifier("vgg-tiny", "fashion-mnist-bundled").eval(), build_classifier("vgg-tiny", "fashion-mnist-bundled").eval()
+    images, labels = torch.rand(21, 1, 28, 28), torch.arange(21) % 10
+    attack = partial(PGD, eps=0.1, alpha=0.05, steps=2, random_start=True)
+    kwargs = dict(seed=3, scoring_seeds=[0, 1], batch_size=8, progress=False)
+    sharded = sharded_evaluate({"t": target}, images, labels, attack, source, **kwargs)["t"]
+    whole = evaluate({"t": target}, (images, labels), attack, source, **kwargs)["t"]
+    assert sharded.index.tolist() == list(range(21))
+    assert (sharded.clean_correct == whole.clean_correct).all()
+    assert (sharded.adversarial_correct == whole.adversarial_correct).all()

@@ -1,126 +1,241 @@
-"""evaluate(): counts against an independent loop, reproducibility, shards, blackbox, ensembles; self-checks."""
+"""evaluate(): the one engine against a hand-written loop (whitebox, blackbox, several targets and seeds), shards,
+worst cases scored on common random numbers, the threat-model guard, results that store and print."""
+import copy
 import functools
 import json
-import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from attack_helpers import TIMESTEPS, ann, data, snn  # noqa: F401 (fixtures)
-from snn_adv.attacks import FGSM, PGD, gradient_mode_ensemble
-from snn_adv.classifier import SpikingClassifier
-from snn_adv.encoding import PoissonEncoder
-from snn_adv.evaluation import (
-    EvaluationResult, GradientMaskingWarning, check_gradient_free, check_large_eps, check_monotone_in_eps,
-    check_more_effort, check_whitebox_vs_blackbox, evaluate, sanity_checks, seed_spread,
-)
+from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
+from snn_adv.attacks import FGSM, PGD, WorstCase, gradient_mode_ensemble
+from snn_adv.encoding import fixed_noise
+from snn_adv.evaluation import EvaluationResult, evaluate
+from snn_adv.stats import compare
+from snn_adv.study import derive_seed
 
 
-def test_whitebox_counts_match_an_independent_loop_and_are_reproducible(snn, trained_pair):
-    model, x, y = snn, trained_pair.x[:48], trained_pair.y[:48]
-    attack = functools.partial(FGSM, eps=0.1)
-    result = evaluate(model, (x, y), attack, seed=5, batch_size=32, progress=False)
-    again = evaluate(model, (x, y), attack, seed=5, batch_size=32, progress=False)
-    assert result.samples == again.samples and result.n == 48
-    assert model.encoder.seed == 0  # the model's own seed is given back
-    # independent replay of the documented seeding for the first batch
-    model.encoder.manual_seed(5 + 7919)
-    with torch.no_grad():
-        clean = model(x[:32]).argmax(1)
-    adv = FGSM(model, eps=0.1)(x[:32], y[:32])
-    with torch.no_grad():
-        adv_pred = model(adv).argmax(1)
-    assert result.samples["clean_pred"][:32] == clean.tolist()
-    assert result.samples["adv_pred"][:32] == adv_pred.tolist()
-    assert result.clean_correct == sum(p == l for p, l in zip(result.samples["clean_pred"], y.tolist()))
+def reference_loop(targets, x, y, make_members, crafting, *, seed, scoring_seeds, batch_size):
+    """The documented protocol written out by hand: per batch (first global index b) and member m, craft with the
+    attack and torch seeded derive_seed(seed, 'craft', b, m) and the crafting encoder on
+    derive_seed(seed, 'craft-noise', b); score every target on every seed s with its encoder (and torch) on
+    derive_seed(seed, 'score', s, b) before each forward. Returns {name: (clean [N, S], adversarial [N, S])}."""
+    out = {name: ([], []) for name in targets}
+    members = make_members(crafting)
+    for b in range(0, len(x), batch_size):
+        xb, yb = x[b:b + batch_size], y[b:b + batch_size]
+        adversarials = []
+        for m, member in enumerate(members):
+            torch.manual_seed(derive_seed(seed, "craft", b, m))
+            member.manual_seed(derive_seed(seed, "craft", b, m))
+            if hasattr(crafting, "encoder"):
+                crafting.encoder.manual_seed(derive_seed(seed, "craft-noise", b))
+            adversarials.append(member(xb, yb))
+        for name, target in targets.items():
+            clean, adversarial = [], []
+            for s in scoring_seeds:
+                def correct(z):
+                    torch.manual_seed(derive_seed(seed, "score", s, b))
+                    if hasattr(target, "encoder"):
+                        target.encoder.manual_seed(derive_seed(seed, "score", s, b))
+                    with torch.no_grad():
+                        return (target(z).argmax(1) == yb).numpy()
+
+                clean.append(correct(xb))
+                adversarial.append(np.all([correct(a) for a in adversarials], 0))
+            out[name][0].append(np.stack(clean, 1))
+            out[name][1].append(np.stack(adversarial, 1))
+    return {name: (np.concatenate(c), np.concatenate(a)) for name, (c, a) in out.items()}
+
+
+def test_whitebox_matches_the_hand_written_loop_over_seeds(snn, trained_pair):
+    x, y = trained_pair.x[:40], trained_pair.y[:40]
+    make = lambda model: [PGD(model, eps=0.05, alpha=0.02, steps=2)]  # noqa: E731
+    result = evaluate(snn, (x, y), functools.partial(PGD, eps=0.05, alpha=0.02, steps=2), seed=3,
+                      scoring_seeds=(0, 5), batch_size=16, progress=False)
+    twin = copy.deepcopy(snn)
+    expected = reference_loop({"t": twin}, x, y, make, twin, seed=3, scoring_seeds=(0, 5), batch_size=16)["t"]
+    np.testing.assert_array_equal(result.clean_correct, expected[0])
+    np.testing.assert_array_equal(result.adversarial_correct, expected[1])
+    np.testing.assert_array_equal(result.index, np.arange(40))
+    np.testing.assert_array_equal(result.label, y.numpy())
+    assert result.settings["setting"] == "whitebox" and result.settings["scoring_seeds"] == [0, 5]
+    # the two scoring seeds are different Poisson draws (else the interval over seeds would be fake)
+    assert not np.array_equal(result.clean_correct[:, 0], result.clean_correct[:, 1])
     assert result.adversarial_accuracy < result.clean_accuracy
-    assert result.settings["setting"] == "whitebox" and result.settings["attack"]["eps"] == 0.1
-    assert "git_commit" in result.settings["provenance"]
-    model.encoder.manual_seed(0)
 
 
-def test_shards_sum_to_the_full_run(tmp_path, snn, trained_pair):
-    model, x, y = snn, trained_pair.x[:48], trained_pair.y[:48]
-    attack = PGD(model, eps=0.05, alpha=0.02, steps=2)
-    full = evaluate(model, (x, y), attack, batch_size=16, progress=False)
-    shards = [evaluate(model, (x[i:i + 16], y[i:i + 16]), attack, start_index=i, batch_size=16, progress=False)
-              for i in (32, 0, 16)]
-    merged = EvaluationResult.merge(shards)
-    assert (merged.n, merged.clean_correct, merged.adversarial_correct) == (full.n, full.clean_correct, full.adversarial_correct)
-    assert merged.samples == full.samples
-    merged.save(tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text())["adversarial_correct"] == full.adversarial_correct
+def test_blackbox_scores_several_targets_on_one_crafted_batch_like_the_loop(snn, ann, trained_pair):
+    x, y = trained_pair.x[:32], trained_pair.y[:32]
+    targets = {"snn": snn, "snn_t8": copy.deepcopy(snn), "ann": ann}
+    targets["snn_t8"].timesteps = 8
+    results = evaluate(targets, (x, y), functools.partial(PGD, eps=0.08, alpha=0.03, steps=3), source=ann, seed=1,
+                       scoring_seeds=(0, 1, 2), batch_size=16, progress=False)
+    twins = {name: copy.deepcopy(model) for name, model in targets.items()}
+    source = copy.deepcopy(ann)
+    expected = reference_loop(twins, x, y, lambda m: [PGD(m, eps=0.08, alpha=0.03, steps=3)], source, seed=1,
+                              scoring_seeds=(0, 1, 2), batch_size=16)
+    assert set(results) == set(targets)
+    for name, result in results.items():
+        np.testing.assert_array_equal(result.clean_correct, expected[name][0], err_msg=name)
+        np.testing.assert_array_equal(result.adversarial_correct, expected[name][1], err_msg=name)
+        assert result.settings["setting"] == "blackbox" and result.settings["source"]["kind"] == "ann"
+    # scoring one target alone gives the same numbers: the crafted batch does not depend on the other targets
+    alone = evaluate(snn, (x, y), functools.partial(PGD, eps=0.08, alpha=0.03, steps=3), source=ann, seed=1,
+                     scoring_seeds=(0, 1, 2), batch_size=16, progress=False)
+    assert alone == results["snn"]
 
 
-def test_blackbox_from_ann_and_whitebox_stronger(snn, ann, data):
-    x, y = data
-    blackbox = evaluate(snn, (x, y), functools.partial(PGD, eps=0.1, alpha=0.025), source=ann, progress=False)
-    whitebox = evaluate(snn, (x, y), functools.partial(PGD, eps=0.1, alpha=0.025), progress=False)
-    assert blackbox.settings["setting"] == "blackbox" and blackbox.settings["source"]["kind"] == "ann"
-    # both lower the accuracy; which is stronger is a finding (on this converted SNN the ANN's transfer attack
-    # beats surrogate BPTT, what sanity_checks' whitebox-vs-blackbox check reports), not an invariant
-    assert max(whitebox.adversarial_accuracy, blackbox.adversarial_accuracy) < blackbox.clean_accuracy - 0.1
-    assert whitebox.clean_accuracy == blackbox.clean_accuracy
+def test_blackbox_transfer_lowers_accuracy_and_whitebox_on_the_ann_is_stronger(snn, ann, trained_pair):
+    x, y = trained_pair.x[:96], trained_pair.y[:96]
+    attack = functools.partial(PGD, eps=0.1, alpha=0.025)
+    transfer = evaluate(snn, (x, y), attack, source=ann, progress=False)
+    assert compare(transfer, transfer, "clean", "adversarial", alternative="greater").significant()
+    # on the ANN, its own gradient (whitebox) beats the SNN's surrogate gradient (transfer): a paired test says so
+    whitebox = evaluate(ann, (x, y), attack, progress=False)
+    from_snn = evaluate(ann, (x, y), attack, source=snn, progress=False)
+    comparison = compare(whitebox, from_snn, alternative="less")
+    assert comparison.significant(), comparison
     with pytest.raises(ValueError, match="source"):
         evaluate(snn, (x, y), PGD(snn), source=ann, progress=False)
 
 
+def test_worst_case_of_identical_copies_equals_the_attack(snn, data):
+    x, y = data
+    deterministic = evaluate(snn, (x, y), PGD(snn, eps=0.05, alpha=0.02, steps=2, random_start=False),
+                             scoring_seeds=(0, 1), progress=False)
+    copies = evaluate(snn, (x, y), WorstCase([PGD(snn, eps=0.05, alpha=0.02, steps=2, random_start=False)
+                                              for _ in range(3)]), scoring_seeds=(0, 1), progress=False)
+    np.testing.assert_array_equal(copies.adversarial_correct, deterministic.adversarial_correct)
+    assert (copies.member_correct == deterministic.adversarial_correct).all()
+    # with random starts the members start apart (the worst case may only be stronger), member 0 is the lone
+    # attack exactly, and every member is scored on the same draw
+    lone = evaluate(snn, (x, y), PGD(snn, eps=0.05, alpha=0.02, steps=2), scoring_seeds=(0, 1), progress=False)
+    starts = []
+
+    class Recording(PGD):
+        def forward(self, images, labels):
+            starts.append(self.random_uniform(images, -self.eps, self.eps))
+            self.manual_seed(self.seed)
+            return super().forward(images, labels)
+
+    random = evaluate(snn, (x, y), WorstCase([Recording(snn, eps=0.05, alpha=0.02, steps=2) for _ in range(3)]),
+                      scoring_seeds=(0, 1), progress=False)
+    assert not torch.equal(starts[0], starts[1]) and not torch.equal(starts[1], starts[2])
+    np.testing.assert_array_equal(random.member_correct[0], lone.adversarial_correct)
+    np.testing.assert_array_equal(random.adversarial_correct, random.member_correct.all(0))
+
+
 def test_ensemble_counts_robust_only_if_all_members_fail(snn, data):
-    model, (x, y) = snn, data
-    ensemble = gradient_mode_ensemble(model, modes=("bptt", "rate", "hart"), eps=0.05, alpha=0.0125, steps=3)
-    result = evaluate(model, (x, y), ensemble, progress=False)
-    per_sample = torch.tensor(result.samples["member_correct"])  # [N, members]
-    assert result.adversarial_correct == int(per_sample.all(1).sum())
-    assert result.member_correct == per_sample.sum(0).tolist()
-    assert result.adversarial_correct <= min(result.member_correct)
+    x, y = data
+    kwargs = dict(eps=0.05, alpha=0.02, steps=2, random_start=False)
+    ensemble = gradient_mode_ensemble(snn, modes=("bptt", "rate", "hart"), **kwargs)
+    result = evaluate(snn, (x, y), ensemble, scoring_seeds=(0, 1), progress=False)
+    # each member evaluated alone (deterministic: the same crafted batch, the same scoring draws)
+    alone = [evaluate(snn, (x, y), PGD(snn, grad_mode=mode, **kwargs), scoring_seeds=(0, 1), progress=False)
+             for mode in ("bptt", "rate", "hart")]
+    for member, single in zip(result.member_correct, alone):
+        np.testing.assert_array_equal(member, single.adversarial_correct)
+    expected = np.logical_and.reduce([single.adversarial_correct for single in alone])
+    np.testing.assert_array_equal(result.adversarial_correct, expected)
+    assert not all(np.array_equal(alone[0].adversarial_correct, s.adversarial_correct) for s in alone[1:])
+    assert result.member_accuracies() == [s.adversarial_accuracy for s in alone]
 
 
-def test_evaluate_bad_arguments(snn, data):
-    model, x, y = snn, data[0][:8], data[1][:8]
-    with pytest.raises(ValueError, match="start_index"):
-        evaluate(model, (x, y), FGSM(model), start_index=-1, progress=False)
-    with pytest.raises(ValueError, match="data"):
-        evaluate(model, [], FGSM(model), progress=False)
-    with pytest.raises(ValueError, match="batch_size"):
-        evaluate(model, (x, y), FGSM(model), batch_size=0, progress=False)
+def test_clean_evaluation_and_targets_share_the_scoring_draw(snn, data):
+    x, y = data
+    results = evaluate({"a": snn, "b": copy.deepcopy(snn)}, (x, y), None, source=snn, scoring_seeds=(0, 1, 2),
+                       progress=False)
+    np.testing.assert_array_equal(results["a"].clean_correct, results["b"].clean_correct)
+    np.testing.assert_array_equal(results["a"].adversarial_correct, results["a"].clean_correct)
+    assert results["a"].settings["setting"] == "clean" and results["a"].settings["attack"] is None
+    clean = evaluate(snn, (x, y), scoring_seeds=(0, 1, 2), progress=False)
+    np.testing.assert_array_equal(clean.clean_correct, results["a"].clean_correct)
 
 
-def test_threat_model_violation_is_caught(snn, data):
-    model, x, y = snn, data[0][:8], data[1][:8]
+def test_reproducible_and_leaves_rng_and_seeds_as_they_were(snn, data):
+    x, y = data
+    state, encoder_seed = torch.random.get_rng_state(), snn.encoder.seed
+    attack = PGD(snn, eps=0.05, alpha=0.02, steps=2, seed=11)
+    first = evaluate(snn, (x, y), attack, seed=4, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert snn.encoder.seed == encoder_seed and attack.seed == 11
+    assert evaluate(snn, (x, y), attack, seed=4, progress=False) == first
+    assert evaluate(snn, (x, y), attack, seed=5, progress=False) != first
+
+
+def test_shards_merge_to_the_unsharded_result_and_results_round_trip(tmp_path, snn, trained_pair):
+    x, y = trained_pair.x[:48], trained_pair.y[:48]
+    attack = functools.partial(PGD, eps=0.05, alpha=0.02, steps=2)
+    full = evaluate(snn, (x, y), attack, scoring_seeds=(0, 1), batch_size=16, progress=False)
+    shards = [evaluate(snn, (x[i:i + 16], y[i:i + 16]), attack, start_index=i, scoring_seeds=(0, 1), batch_size=16,
+                       progress=False) for i in (32, 0, 16)]
+    merged = EvaluationResult.merge(shards)
+    for name in ("index", "label", "clean_correct", "adversarial_correct"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(full, name))
+    full.save(tmp_path / "r.json")
+    assert EvaluationResult.load(tmp_path / "r.json") == full
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored["summary"]["adversarial"]["accuracy"] == full.adversarial_accuracy
+    assert stored["summary"]["adversarial"]["low"] == full.confidence_interval("adversarial")[0]
+    with pytest.raises(ValueError, match="two shards"):
+        EvaluationResult.merge([shards[0], shards[0]])
+    other = evaluate(snn, (x[:16], y[:16]), attack, seed=9, scoring_seeds=(0, 1), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="settings differ"):
+        EvaluationResult.merge([shards[0], other])
+
+
+def test_result_prints_one_line_with_intervals(snn, data):
+    result = evaluate(snn, data, FGSM(snn, eps=0.1), scoring_seeds=(0, 1), progress=False)
+    text = repr(result)
+    assert "\n" not in text and len(text) < 200
+    low, high = result.confidence_interval("adversarial")
+    assert f"adversarial={100 * result.adversarial_accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]" in text
+    assert "whitebox fgsm" in text
+
+
+def test_fixed_noise_results_say_so_and_refuse_several_seeds(snn, data):
+    with fixed_noise(snn, seed=3):
+        result = evaluate(snn, data, progress=False)
+        with pytest.raises(ValueError, match="fixed_noise"):
+            evaluate(snn, data, scoring_seeds=(0, 1), progress=False)
+    assert result.settings["noise"] == "fixed draw (seed 3)" and "fixed draw" in repr(result)
+    assert evaluate(snn, data, progress=False).settings["noise"] is None
+
+
+def test_threat_model_violations_are_caught(snn, data):
+    x, y = data[0][:8], data[1][:8]
+
     class Cheat(FGSM):
         def __call__(self, images, labels):
             return (images + 0.5).clamp(0, 1)
 
+    class OutOfRange(FGSM):
+        def __call__(self, images, labels):
+            return images + 1e-3
+
     with pytest.raises(RuntimeError, match="eps-ball"):
-        evaluate(model, (x, y), Cheat(model, eps=0.01), progress=False)
+        evaluate(snn, (x, y), Cheat(snn, eps=0.01), progress=False)
+    with pytest.raises(RuntimeError, match=r"outside \[0, 1\]"):
+        evaluate(snn, (x, y), OutOfRange(snn, eps=0.01), progress=False)
 
 
-# ---------------------------------------------------------------- self-checks
-def test_check_functions_flag_what_they_should():
-    assert check_monotone_in_eps({0.1: 0.5, 0.2: 0.3, 0.3: 0.2}).passed
-    assert not check_monotone_in_eps({0.1: 0.3, 0.2: 0.5}).passed
-    assert check_large_eps(0.01, 1.0).passed and not check_large_eps(0.4, 1.0).passed
-    assert check_more_effort(0.3, 0.29, "steps").passed and not check_more_effort(0.3, 0.5, "steps").passed
-    assert check_whitebox_vs_blackbox(0.2, 0.4).passed and not check_whitebox_vs_blackbox(0.5, 0.2).passed
-    assert check_gradient_free(0.3, 0.5).passed and not check_gradient_free(0.6, 0.2).passed
-    spread = seed_spread({0: 0.3, 1: 0.5})
-    assert spread.passed is None and spread.values["std"] == pytest.approx(0.1414, abs=1e-3)
-
-
-def test_sanity_checks_pass_on_a_sound_evaluation_and_flag_masked_gradients(snn, data):
-    model, (x, y) = snn, (data[0][:16], data[1][:16])
-    small = dict(eps=0.1, steps=3, eps_factors=(0.5, 1.0), more=2, square_queries=None, seeds=(0, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", GradientMaskingWarning)
-        checks = sanity_checks(model, (x, y), **small)
-    assert all(c.passed is not False for c in checks)
-    # masked: the same network with its gradient cut at the input (the Poisson encoder without straight-through)
-    masked = SpikingClassifier(model.body, _NoGradPoisson(seed=0), timesteps=TIMESTEPS)
-    with pytest.warns(GradientMaskingWarning, match="possible gradient masking: large_eps"):
-        checks = sanity_checks(masked, (x, y), **small)
-    assert any(c.passed is False for c in checks)
-
-
-class _NoGradPoisson(PoissonEncoder):
-    def forward(self, x, timesteps):
-        return super().forward(x.detach(), timesteps)
+def test_evaluate_bad_arguments(snn, ann, data):
+    x, y = data[0][:8], data[1][:8]
+    with pytest.raises(ValueError, match="start_index"):
+        evaluate(snn, (x, y), FGSM(snn), start_index=-1, progress=False)
+    with pytest.raises(ValueError, match="data"):
+        evaluate(snn, [], FGSM(snn), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(snn, (x, y), FGSM(snn), batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="scoring_seeds.*repeats"):
+        evaluate(snn, (x, y), scoring_seeds=(0, 0), progress=False)
+    with pytest.raises(ValueError, match="scoring_seeds"):
+        evaluate(snn, (x, y), scoring_seeds=(), progress=False)
+    with pytest.raises(ValueError, match="2 targets without a 'source'"):
+        evaluate({"a": snn, "b": ann}, (x, y), FGSM(snn), progress=False)
+    with pytest.raises(TypeError, match="attack"):
+        evaluate(snn, (x, y), 3, progress=False)
+    with pytest.raises(TypeError, match="targets"):
+        evaluate({}, (x, y), progress=False)

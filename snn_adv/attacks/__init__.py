@@ -2,10 +2,12 @@
 modes for SNN sources, a worst-case ensemble, and an adapter for torchattacks.
 
 One file per attack family: :mod:`.fgsm`, :mod:`.pgd`, :mod:`.ensemble`; shared machinery in :mod:`.base`;
-gradient rules in :mod:`.gradients`; torchattacks adapter in :mod:`.adapter`.
+gradient rules in :mod:`.gradients`; torchattacks adapter in :mod:`.adapter`; minimal-norm attacks at a budget
+and the gradient rescaler in :mod:`.budget`.
 """
 from .adapter import AdaptedSpikingClassifier, adapt, neurons_in_training_mode
-from .base import Attack, preserved_modes, project
+from .base import Attack, NoInputGradientError, preserved_modes, project
+from .budget import BudgetedAttack, GradientScaled, perturbation_norm, within_budget
 from .ensemble import WorstCase, gradient_mode_ensemble
 from .fgsm import FGSM
 from .gradients import ASSG, BPTT, GRADIENT_MODES, HART, PDSG, GradientMode, RateGradient, gradient_mode, resolve_gradient_mode
@@ -19,10 +21,13 @@ __all__ = [
     "AdaptedSpikingClassifier",
     "Attack",
     "BPTT",
+    "BudgetedAttack",
     "FGSM",
     "GRADIENT_MODES",
     "GradientMode",
+    "GradientScaled",
     "HART",
+    "NoInputGradientError",
     "PDSG",
     "PGD",
     "RateGradient",
@@ -31,7 +36,9 @@ __all__ = [
     "gradient_mode",
     "gradient_mode_ensemble",
     "neurons_in_training_mode",
+    "perturbation_norm",
     "preserved_modes",
     "project",
     "resolve_gradient_mode",
+    "within_budget",
 ]

@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..neurons import spiking_neurons
 from ..validation import check_fraction, check_images, check_labels, check_positive_int
 from .gradients import GradientMode, Surrogate, gradient_mode, resolve_gradient_mode
 
-__all__ = ["Attack", "project", "preserved_modes"]
+__all__ = ["Attack", "NoInputGradientError", "project", "preserved_modes"]
 
 
 def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,6 +37,21 @@ def preserved_modes(model: nn.Module, training: bool = False) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+class NoInputGradientError(RuntimeError):
+    """An attack received no input gradient: it would return the clean images (or only its random start)."""
+
+    def __init__(self, model: nn.Module, what: str):
+        stock = sorted({type(m).__name__ for m in spiking_neurons(model)
+                        if type(m).__module__.startswith("spikingjelly") and not m.training})
+        cause = (f"likely cause: stock SpikingJelly neurons ({', '.join(stock)}) in eval() take a hard step with no "
+                 "surrogate gradient; fix: wrap the network with snn_adv.adapt(network) (or build a "
+                 "SpikingClassifier with snn_adv's neurons)" if stock else
+                 "likely causes: a non-differentiable layer (rounding, argmax, a Poisson encoder without "
+                 "straight-through), torch.no_grad() or detach() inside the model, or spiking neurons with no "
+                 "surrogate gradient; fix the model or give it a differentiable approximation (BPDA)")
+        super().__init__(f"no input gradient from model {type(model).__name__}: {what}; {cause}")
 
 
 class Attack:
@@ -73,6 +89,7 @@ class Attack:
         if not isinstance(targeted, bool):
             raise TypeError(f"argument 'targeted' = {targeted!r}: must be True or False")
         self.targeted = targeted
+        self._at_start = True  # the next input gradient is the first of a call (see input_gradient)
         self.manual_seed(seed)
 
     # ---------------------------------------------------------------- seeding and settings
@@ -112,17 +129,26 @@ class Attack:
         r"""``(1/eot) * sum_k d/dx sum_n loss_n(model(x))`` over ``eot`` independent forward passes.
 
         The loss is summed over the batch, so each sample's gradient does not depend on the batch size.
-        Must run inside :meth:`__call__` (gradient mode installed, model in eval mode). A model whose logits do
-        not depend on its input gets a zero gradient, which the evaluation's self-checks then flag.
+        Must run inside :meth:`__call__` (gradient mode installed, model in eval mode).
+
+        :raises NoInputGradientError: when the logits do not depend on the input in autograd's graph, or the
+            first gradient of a call is exactly zero for the whole batch: the attack would silently return the
+            clean images (or its random start). A zero gradient later on is a flat region the attack reached.
         """
         total = torch.zeros_like(images)
         for _ in range(self.eot):
             x = images.detach().requires_grad_(True)
             with torch.enable_grad():
-                objective = self.loss(self.model(x), labels).sum()
-                (grad,) = torch.autograd.grad(objective, x, allow_unused=True)
-            if grad is not None:  # None: the logits do not depend on the input (masked); the step is 0
-                total += grad
+                logits = self.model(x)
+                if not logits.requires_grad:
+                    raise NoInputGradientError(self.model, "the logits are not connected to the input in autograd")
+                (grad,) = torch.autograd.grad(self.loss(logits, labels).sum(), x, allow_unused=True)
+            if grad is None:
+                raise NoInputGradientError(self.model, "the logits are not connected to the input in autograd")
+            total += grad
+        if self._at_start and not total.any():
+            raise NoInputGradientError(self.model, "the input gradient is exactly zero for every sample of the batch")
+        self._at_start = False
         return total / self.eot
 
     def random_uniform(self, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -142,5 +168,6 @@ class Attack:
             with torch.no_grad():
                 num_classes = self.model(images[:1]).shape[1]
             check_labels(labels, num_classes, images.shape[0])
+            self._at_start = True
             adversarial = self.forward(images, labels.to(images.device))
         return project(adversarial.detach(), images, self.eps)

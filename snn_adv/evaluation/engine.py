@@ -1,0 +1,522 @@
+r"""The one evaluation engine: craft each adversarial batch once, score every target on every Poisson scoring seed.
+
+For each batch of images (global indices ``i0 .. i0+B-1``) and each member ``m`` of the attack (one attack, or the
+members of a :class:`~snn_adv.attacks.WorstCase`), the engine
+
+1. crafts ``x_adv[m]`` on the crafting model (the target: whitebox; ``source``: blackbox) inside the *crafting
+   stream* ``derive_seed(seed, "craft", i0, m)`` (the attack's random start and torch's global RNG: distinct per
+   member) with the crafting model's encoders on ``derive_seed(seed, "craft-noise", i0)`` (the same for every
+   member, so identical copies of a deterministic attack craft identical batches);
+2. checks the threat model: ``x_adv`` in [0, 1] and, when the attack declares ``eps``, in the L-inf eps-ball;
+3. scores every target on the clean batch and on every ``x_adv[m]``, once per scoring seed ``s``, each forward
+   inside the *scoring stream* ``derive_seed(seed, "score", s, i0)``: every member and every target sees the same
+   Poisson draw of seed ``s``, so a worst case is over attacks, never over noise.
+
+A sample is adversarially correct when it is correct on every member's batch. Streams depend on the global index
+of the batch's first sample, so shards of a run (``start_index``) merge (:meth:`EvaluationResult.merge`) to the
+unsharded result. The caller's RNG state and the models' own encoder seeds are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..attacks import WorstCase
+from ..attacks.base import preserved_modes
+from ..attacks.budget import NORMS, perturbation_norm
+from ..encoding import fixed_noise_seed, is_stochastic, stochastic_encoders
+from ..io import atomic_write_json, provenance
+from ..stats import accuracy_interval
+from ..seeds import derive_seed
+from ..validation import check_positive_int
+
+__all__ = ["EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model"]
+
+Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+Data = Union[Batches, Tuple[torch.Tensor, torch.Tensor]]
+#: what :meth:`EvaluationResult.accuracy` can measure: clean, adversarial, robust (clean and adversarial correct)
+KINDS = ("clean", "adversarial", "robust")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------------------
+class EvaluationResult:
+    r"""Per-sample outcomes of one target under one attack, on ``n`` images and ``S`` scoring seeds.
+
+    :ivar index: [N] global indices of the images (sorted after :meth:`merge`).
+    :ivar label: [N] their labels.
+    :ivar clean_correct: [N, S] bool, correct on the clean image under scoring seed ``s``.
+    :ivar adversarial_correct: [N, S] bool, correct on every member's adversarial image under seed ``s``.
+    :ivar member_correct: [M, N, S] bool per member of a worst case, else None.
+    :ivar scoring_seeds: the S scoring seeds.
+    :ivar settings: how the numbers were made (attack, models, seeds, provenance).
+    :ivar checks: self-checks attached by the caller (:func:`~snn_adv.evaluation.sanity_checks`).
+
+    Accuracies average over images and seeds; intervals resample images (see :mod:`snn_adv.stats`).
+    """
+
+    def __init__(self, index, label, clean_correct, adversarial_correct, member_correct=None,
+                 scoring_seeds: Sequence[int] = (0,), settings: Optional[Dict[str, Any]] = None,
+                 checks: Optional[List[Any]] = None):
+        self.index = np.asarray(index, dtype=np.int64)
+        self.label = np.asarray(label, dtype=np.int64)
+        self.clean_correct = np.asarray(clean_correct, dtype=bool)
+        self.adversarial_correct = np.asarray(adversarial_correct, dtype=bool)
+        self.member_correct = None if member_correct is None else np.asarray(member_correct, dtype=bool)
+        self.scoring_seeds = [int(s) for s in scoring_seeds]
+        self.settings = dict(settings or {})
+        self.checks = list(checks or [])
+        n, s = len(self.index), len(self.scoring_seeds)
+        for name, array, shape in [("label", self.label, (n,)), ("clean_correct", self.clean_correct, (n, s)),
+                                   ("adversarial_correct", self.adversarial_correct, (n, s))]:
+            if array.shape != shape:
+                raise ValueError(f"argument '{name}': shape {array.shape}, expected {shape} (n images, S seeds)")
+        if self.member_correct is not None and self.member_correct.shape[1:] != (n, s):
+            raise ValueError(f"argument 'member_correct': shape {self.member_correct.shape}, expected [M, {n}, {s}]")
+
+    # ---------------------------------------------------------------- numbers
+    @property
+    def n(self) -> int:
+        """Number of images."""
+        return len(self.index)
+
+    def outcome(self, kind: str = "adversarial") -> np.ndarray:
+        """[N, S] bool outcomes of ``kind`` (``'clean'``, ``'adversarial'`` or ``'robust'``)."""
+        if kind == "clean":
+            return self.clean_correct
+        if kind == "adversarial":
+            return self.adversarial_correct
+        if kind == "robust":
+            return self.clean_correct & self.adversarial_correct
+        raise ValueError(f"argument 'kind' = {kind!r}: must be one of {', '.join(KINDS)}")
+
+    def per_image(self, kind: str = "adversarial") -> np.ndarray:
+        """[N] per-image accuracy of ``kind``: the fraction of scoring seeds on which the image is correct."""
+        return self.outcome(kind).mean(1)
+
+    def accuracy(self, kind: str = "adversarial") -> float:
+        """Accuracy of ``kind`` averaged over images and scoring seeds (NaN when empty)."""
+        return float(self.outcome(kind).mean()) if self.n else float("nan")
+
+    def accuracy_by_seed(self, kind: str = "adversarial") -> Dict[int, float]:
+        """Accuracy of ``kind`` under each scoring seed."""
+        return {s: float(v) for s, v in zip(self.scoring_seeds, self.outcome(kind).mean(0))}
+
+    def member_accuracies(self) -> List[float]:
+        """Adversarial accuracy of each member of a worst case (empty for a single attack)."""
+        return [] if self.member_correct is None else [float(m.mean()) for m in self.member_correct]
+
+    def confidence_interval(self, kind: str = "adversarial", level: float = 0.95) -> Tuple[float, float]:
+        """``level`` interval of :meth:`accuracy` accounting for images and seeds: exact Clopper-Pearson when each
+        image's outcome is the same on every seed, else the percentile bootstrap over images of the per-image mean
+        over seeds (seeded: reproducible). See :func:`snn_adv.stats.accuracy_interval`."""
+        return accuracy_interval(self.per_image(kind), level)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.accuracy("clean")
+
+    @property
+    def adversarial_accuracy(self) -> float:
+        return self.accuracy("adversarial")
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.accuracy("robust")
+
+    # ---------------------------------------------------------------- combining and storing
+    @classmethod
+    def merge(cls, results: Sequence["EvaluationResult"]) -> "EvaluationResult":
+        """Join shards of one evaluation (any order) into the result of the unsharded run, samples sorted by index.
+
+        :raises ValueError: on no results, different settings or scoring seeds, or an image in two shards.
+        """
+        results = list(results)
+        if not results:
+            raise ValueError("argument 'results' = []: need at least one result to merge")
+        first = results[0]
+        ignored = ("start_index", "provenance")
+        common = {k: v for k, v in first.settings.items() if k not in ignored}
+        for r in results[1:]:
+            if r.scoring_seeds != first.scoring_seeds:
+                raise ValueError(f"argument 'results': scoring seeds differ ({first.scoring_seeds} vs {r.scoring_seeds})")
+            other = {k: v for k, v in r.settings.items() if k not in ignored}
+            if _jsonable(other) != _jsonable(common):
+                raise ValueError("argument 'results': shards of different evaluations (their settings differ)")
+            if (r.member_correct is None) != (first.member_correct is None):
+                raise ValueError("argument 'results': some shards have per-member outcomes, others not")
+        index = np.concatenate([r.index for r in results])
+        order = np.argsort(index, kind="stable")
+        if len(np.unique(index)) != len(index):
+            raise ValueError("argument 'results': an image index occurs in two shards")
+        members = None if first.member_correct is None else np.concatenate([r.member_correct for r in results], 1)[:, order]
+        settings = dict(first.settings, start_index=int(index.min()) if len(index) else 0)
+        return cls(index[order], np.concatenate([r.label for r in results])[order],
+                   np.concatenate([r.clean_correct for r in results])[order],
+                   np.concatenate([r.adversarial_correct for r in results])[order], members, first.scoring_seeds,
+                   settings, [c for r in results for c in r.checks])
+
+    def summary(self, level: float = 0.95) -> Dict[str, Any]:
+        """Accuracy and ``level`` interval of every kind, and the number of images and seeds."""
+        out: Dict[str, Any] = {"n": self.n, "scoring_seeds": list(self.scoring_seeds), "level": level}
+        for kind in KINDS:
+            low, high = self.confidence_interval(kind, level) if self.n else (float("nan"), float("nan"))
+            out[kind] = {"accuracy": self.accuracy(kind), "low": low, "high": high}
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-friendly form (outcomes as 0/1 lists); :meth:`from_dict` reads it back exactly."""
+        return {
+            "summary": self.summary(),
+            "index": self.index.tolist(),
+            "label": self.label.tolist(),
+            "scoring_seeds": list(self.scoring_seeds),
+            "clean_correct": self.clean_correct.astype(int).tolist(),
+            "adversarial_correct": self.adversarial_correct.astype(int).tolist(),
+            "member_correct": None if self.member_correct is None else self.member_correct.astype(int).tolist(),
+            "settings": self.settings,
+            "checks": [c.to_dict() if hasattr(c, "to_dict") else c for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvaluationResult":
+        """Rebuild a result from :meth:`to_dict` (checks come back as :class:`~snn_adv.evaluation.Check`)."""
+        from .checks import Check
+
+        missing = [k for k in ("index", "label", "scoring_seeds", "clean_correct", "adversarial_correct") if k not in data]
+        if missing:
+            raise ValueError(f"argument 'data': not an evaluation result, missing keys {missing}")
+        seeds = data["scoring_seeds"]
+        n, s = len(data["index"]), len(seeds)
+        shape = lambda key: np.asarray(data[key], dtype=bool).reshape(n, s)  # noqa: E731 (empty lists keep shape)
+        members = data.get("member_correct")
+        return cls(data["index"], data["label"], shape("clean_correct"), shape("adversarial_correct"),
+                   None if members is None else np.asarray(members, dtype=bool).reshape(-1, n, s), seeds,
+                   data.get("settings"), [Check.from_dict(c) for c in data.get("checks", [])])
+
+    def save(self, path) -> None:
+        """Write :meth:`to_dict` atomically as JSON."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> "EvaluationResult":
+        """Read a result written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        def part(kind: str) -> str:
+            low, high = self.confidence_interval(kind)
+            return f"{kind}={100 * self.accuracy(kind):.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+        attack = self.settings.get("attack") or {}
+        head = f"EvaluationResult(n={self.n}, seeds={len(self.scoring_seeds)}"
+        if not self.n:
+            return head + ")"
+        setting = self.settings.get("setting", "?")
+        what = setting if setting == "clean" else f"{setting} {attack.get('name', '?') if isinstance(attack, Mapping) else attack}"
+        return (f"{head}, {what}: {part('clean')}, {part('adversarial')}"
+                + (f", noise={self.settings['noise']}" if self.settings.get("noise") else "") + ")")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EvaluationResult):
+            return NotImplemented
+        return _jsonable(self.to_dict()) == _jsonable(other.to_dict())
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Descriptions
+# --------------------------------------------------------------------------------------------------------------
+def describe_model(model: nn.Module) -> Dict[str, Any]:
+    """Kind, architecture and SNN settings of a classifier, for result files."""
+    info: Dict[str, Any] = {"class": type(model).__name__, "kind": getattr(model, "kind", None), "arch": getattr(model, "arch", None)}
+    if getattr(model, "kind", None) == "snn":
+        info.update(timesteps=model.timesteps, leak=getattr(model, "leak", None), encoder=model.encoder.settings())
+    return info
+
+
+def describe_attack(attack: Any) -> Dict[str, Any]:
+    """``attack.settings()`` when it has one (ours); else its class and scalar attributes (torchattacks)."""
+    if hasattr(attack, "settings"):
+        return attack.settings()
+    scalars = {k: v for k, v in vars(attack).items() if isinstance(v, (int, float, str, bool)) and not k.startswith("_")}
+    return {"name": type(attack).__name__, **scalars}
+
+
+def check_attack_protocol(attack: Any, model: nn.Module) -> None:
+    """Refuse an attack whose protocol does not fit ``model``: AutoAttack other than ``version='rand'`` on a
+    stochastic model (a Poisson encoder). Takes an attack object or a config entry
+    ``{"name": "torchattacks", "class": "AutoAttack", "kwargs": {...}}``; call it when a config is loaded.
+
+    AutoAttack's ``'standard'`` version returns the clean image for every sample it did not fool under its own
+    draw of the noise; its documented protocol for randomised models is ``'rand'`` (APGD with EOT).
+    """
+    if isinstance(attack, Mapping):
+        is_autoattack = attack.get("name") == "torchattacks" and attack.get("class") == "AutoAttack"
+        version = (attack.get("kwargs") or {}).get("version", "standard")
+    else:
+        is_autoattack = type(attack).__name__ == "AutoAttack"
+        version = getattr(attack, "version", "standard")
+    if is_autoattack and version != "rand" and is_stochastic(model):
+        raise ValueError(f"attack AutoAttack version={version!r} on a stochastic model (Poisson encoder): its "
+                         "protocol for randomised models is version='rand' (EOT); set kwargs.version = 'rand', or "
+                         "evaluate a fixed draw inside snn_adv.fixed_noise(model)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Engine pieces
+# --------------------------------------------------------------------------------------------------------------
+def _is_attack(obj: Any) -> bool:
+    """An attack object knows the model it crafts on (ours, torchattacks', :class:`WorstCase`)."""
+    return hasattr(obj, "model") and callable(obj)
+
+
+def _build_attack(attack: Any, crafting: nn.Module) -> Any:
+    """The attack object: ``attack`` itself, or ``attack(crafting)`` for a factory (class, partial, function)."""
+    if attack is None or _is_attack(attack) or isinstance(attack, (list, tuple)):
+        return attack
+    if callable(attack):
+        built = attack(crafting)
+        if not _is_attack(built):
+            raise TypeError(f"argument 'attack': the factory {attack!r} returned {type(built).__name__}, not an attack "
+                            "(an object with a .model, called as attack(images, labels))")
+        return built
+    raise TypeError(f"argument 'attack' = {attack!r}: must be None, an attack, a WorstCase, a list of attacks or a "
+                    "factory model -> attack")
+
+
+def _members(attack: Any) -> List[Any]:
+    if attack is None:
+        return []
+    if isinstance(attack, WorstCase):
+        return list(attack.attacks)
+    if isinstance(attack, (list, tuple)):
+        if not attack:
+            raise ValueError("argument 'attack' = []: a worst case needs at least one attack")
+        return list(attack)
+    return [attack]
+
+
+def _check_threat_model(adversarial: torch.Tensor, images: torch.Tensor, eps: Optional[float], name: str,
+                        norm: str = "Linf") -> None:
+    """An attack's output must have the images' shape, stay in [0, 1] and (when it declares eps) in its eps-ball
+    (L-inf, or the attack's ``norm`` 'L2')."""
+    if adversarial.shape != images.shape:
+        raise RuntimeError(f"attack {name} returned shape {tuple(adversarial.shape)} for images {tuple(images.shape)}")
+    if not torch.isfinite(adversarial).all() or adversarial.min() < 0 or adversarial.max() > 1:
+        raise RuntimeError(f"attack {name} returned images outside [0, 1] (range [{adversarial.min().item():.9g}, "
+                           f"{adversarial.max().item():.9g}])")
+    if eps is not None:
+        norm = norm if norm in NORMS else "Linf"
+        distance = perturbation_norm(adversarial - images, norm).max().item()
+        if distance > eps * (1 + 1e-6) + 1e-5:
+            raise RuntimeError(f"attack {name} left the eps-ball: {norm} distance {distance:.6g} > eps = {eps:.6g}")
+
+
+def _batches(data: Data, batch_size: int) -> Batches:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        images, labels = data
+        if len(images) != len(labels):
+            raise ValueError(f"argument 'data': {len(images)} images but {len(labels)} labels")
+        return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+        raise TypeError("argument 'data': must be an (images, labels) pair of tensors or an iterable of such batches")
+    return data
+
+
+def _check_seeds(scoring_seeds: Sequence[int]) -> List[int]:
+    seeds = list(scoring_seeds) if isinstance(scoring_seeds, Iterable) and not isinstance(scoring_seeds, (str, bytes)) else None
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"argument 'scoring_seeds' = {scoring_seeds!r}: must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"argument 'scoring_seeds' = {scoring_seeds!r}: repeats a seed (identical draws would fake "
+                         "the spread over seeds)")
+    return seeds
+
+
+@contextlib.contextmanager
+def _stream(seed: int, encoders: Sequence[Any], device: torch.device, encoder_seed: Optional[int] = None) -> Iterator[None]:
+    """Seed torch's global RNG (forked: restored after the block) and the encoders' private streams.
+
+    Encoders under :func:`~snn_adv.encoding.fixed_noise` keep their fixed draw.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for encoder in encoders:
+            if fixed_noise_seed(encoder) is None:
+                encoder.manual_seed(seed if encoder_seed is None else encoder_seed)
+        yield
+
+
+def _seed_attack(attack: Any, seed: Optional[int]) -> None:
+    """Our attacks restart their stream (``manual_seed``); torchattacks' read their ``seed`` attribute per call."""
+    if hasattr(attack, "manual_seed"):
+        attack.manual_seed(seed)
+    elif hasattr(attack, "seed"):
+        attack.seed = seed
+
+
+def _default_device(model: nn.Module) -> torch.device:
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def evaluate(
+    targets: Union[nn.Module, Mapping[str, nn.Module]],
+    data: Data,
+    attack: Any = None,
+    source: Optional[nn.Module] = None,
+    *,
+    seed: int = 0,
+    scoring_seeds: Sequence[int] = (0,),
+    batch_size: int = 128,
+    start_index: int = 0,
+    max_samples: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    progress: bool = True,
+) -> Union[EvaluationResult, Dict[str, EvaluationResult]]:
+    """Clean and adversarial accuracy of one or several targets, per sample and per scoring seed.
+
+    :param targets: a classifier of images in [0, 1] (ANN or SNN), or a mapping name -> classifier (the result is
+        then a dict with the same keys).
+    :param data: an iterable of ``(images, labels)`` batches (a DataLoader, a shard of one), or one
+        ``(images, labels)`` pair of tensors split into ``batch_size`` batches.
+    :param attack: ``None`` (clean accuracy only); an attack ``attack(images, labels) -> adversarial`` with a
+        ``.model`` (ours, torchattacks'); a :class:`~snn_adv.attacks.WorstCase` or a list of attacks (a sample is
+        adversarially correct only if it survives every member); or a factory ``model -> attack`` (a class, a
+        ``functools.partial``, a function) built on the crafting model.
+    :param source: the crafting model. ``None``: whitebox, crafted on the target (exactly one target). A model:
+        blackbox (transfer), crafted once and scored on every target.
+    :param seed: base seed of the crafting and scoring streams (see the module docstring).
+    :param scoring_seeds: the Poisson seeds each target is scored on (distinct integers).
+    :param start_index: global index of this shard's first sample (sharded runs).
+    :param max_samples: stop after this many samples.
+    :param device: where to run (default: the first target's device).
+    :raises ValueError: on bad arguments or no data; ``RuntimeError`` when an attack breaks the threat model.
+    """
+    single = isinstance(targets, nn.Module)
+    named = {"target": targets} if single else dict(targets) if isinstance(targets, Mapping) else None
+    if not named or any(not isinstance(m, nn.Module) for m in named.values()):
+        raise TypeError("argument 'targets': must be a classifier (torch.nn.Module) or a non-empty mapping name -> classifier")
+    if source is not None and not isinstance(source, nn.Module):
+        raise TypeError(f"argument 'source': must be None or a torch.nn.Module, got {type(source).__name__}")
+    if source is None:
+        if len(named) > 1:
+            raise ValueError(f"argument 'targets': {len(named)} targets without a 'source'; a whitebox evaluation "
+                             "crafts on its one target: evaluate each target alone, or pass source=... (blackbox)")
+        crafting = next(iter(named.values()))
+    else:
+        crafting = source
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"argument 'seed' = {seed!r}: must be an integer >= 0")
+    if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
+        raise ValueError(f"argument 'start_index' = {start_index!r}: must be an integer >= 0")
+    seeds = _check_seeds(scoring_seeds)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if max_samples is not None:
+        max_samples = check_positive_int("max_samples", max_samples)
+    attack = _build_attack(attack, crafting)
+    members = _members(attack)
+    for member in members:
+        check_attack_protocol(member, crafting)
+        if getattr(member, "model", crafting) is not crafting:
+            raise ValueError("argument 'attack': crafts on another model than "
+                             + ("'source'" if source is not None else "the target (pass source=... for a blackbox evaluation)"))
+    fixed = {name: fixed_noise_seed(model) for name, model in named.items()}
+    if len(seeds) > 1 and any(s is not None for s in fixed.values()):
+        raise ValueError(f"argument 'scoring_seeds' = {seeds}: a target is under fixed_noise (one fixed draw); "
+                         "scoring seeds would all give that draw: pass one scoring seed")
+    device = torch.device(device) if device is not None else _default_device(next(iter(named.values())))
+    crafting_encoders = stochastic_encoders(crafting)
+    target_encoders = {name: stochastic_encoders(model) for name, model in named.items()}
+    all_encoders = {id(e): e for es in [crafting_encoders, *target_encoders.values()] for e in es}
+    saved_seeds = {key: e.seed for key, e in all_encoders.items()}
+    names = [describe_attack(m).get("name", type(m).__name__) for m in members]
+    attack_seeds = [(m, m.seed) for m in members if hasattr(m, "seed")]
+
+    index: List[np.ndarray] = []
+    labels_seen: List[np.ndarray] = []
+    records = {name: {"clean": [], "members": []} for name in named}
+    n_done = 0
+    bar = tqdm(_batches(data, batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False)
+    try:
+        with contextlib.ExitStack() as modes:
+            for model in {id(m): m for m in [crafting, *named.values()]}.values():
+                modes.enter_context(preserved_modes(model, training=False))
+            for images, labels in bar:
+                if max_samples is not None and n_done >= max_samples:
+                    break
+                if max_samples is not None:
+                    images, labels = images[: max_samples - n_done], labels[: max_samples - n_done]
+                images, labels = images.to(device), labels.to(device)
+                first = start_index + n_done
+                adversarials = []
+                for m, (member, name) in enumerate(zip(members, names)):
+                    with _stream(derive_seed(seed, "craft", first, m), crafting_encoders, device,
+                                 encoder_seed=derive_seed(seed, "craft-noise", first)):
+                        _seed_attack(member, derive_seed(seed, "craft", first, m))
+                        adversarial = member(images, labels).detach()
+                    _check_threat_model(adversarial, images, getattr(member, "eps", None), name,
+                                        getattr(member, "norm", "Linf"))
+                    adversarials.append(adversarial)
+                with torch.no_grad():
+                    for name, model in named.items():
+                        clean, per_member = [], []
+                        for s in seeds:
+                            def correct(x: torch.Tensor) -> torch.Tensor:
+                                with _stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
+                                    return (model(x).argmax(1) == labels).cpu()
+
+                            clean.append(correct(images))
+                            per_member.append([correct(x) for x in adversarials])
+                        records[name]["clean"].append(torch.stack(clean, 1).numpy())  # [B, S]
+                        if members:
+                            records[name]["members"].append(np.stack([torch.stack([p[m] for p in per_member], 1).numpy()
+                                                                      for m in range(len(members))]))  # [M, B, S]
+                index.append(np.arange(first, first + len(labels)))
+                labels_seen.append(labels.cpu().numpy())
+                n_done += len(labels)
+    finally:
+        bar.close()
+        for key, encoder in all_encoders.items():
+            encoder.manual_seed(saved_seeds[key])
+        for member, member_seed in attack_seeds:
+            _seed_attack(member, member_seed)
+    if n_done == 0:
+        raise ValueError("argument 'data': yielded no samples")
+
+    whitebox = source is None or (len(named) == 1 and source is next(iter(named.values())))
+    setting = "clean" if not members else "whitebox" if whitebox else "blackbox"
+    attack_info = None if not members else (describe_attack(attack) if isinstance(attack, WorstCase) or len(members) == 1
+                                            else {"name": "worst_case", "members": [describe_attack(m) for m in members]})
+    results = {}
+    for name, model in named.items():
+        clean = np.concatenate(records[name]["clean"])
+        member_correct = np.concatenate(records[name]["members"], 1) if members else None
+        adversarial = member_correct.all(0) if members else clean.copy()
+        settings = {
+            "setting": setting,
+            "attack": attack_info,
+            "target": describe_model(model),
+            "source": describe_model(crafting) if members else None,
+            "seed": seed,
+            "scoring_seeds": seeds,
+            "batch_size": batch_size,
+            "start_index": start_index,
+            "noise": None if fixed[name] is None else f"fixed draw (seed {fixed[name]})",
+            "provenance": provenance(),
+        }
+        results[name] = EvaluationResult(np.concatenate(index), np.concatenate(labels_seen), clean, adversarial,
+                                         member_correct if len(members) > 1 else None, seeds, settings)
+    return results["target"] if single else results

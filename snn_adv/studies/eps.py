@@ -1,0 +1,19 @@
+"""Study ``eps``: whitebox accuracy against the perturbation size eps, for each model kind and attack (self-check:
+accuracy falls with eps, by paired tests between neighbouring eps; paired comparisons against the first eps)."""
+from __future__ import annotations
+
+from ..attack_specs import at_eps, attack_label
+from ..zoo import LABELS
+from .common import StudyContext, sweep
+
+__all__ = ["run"]
+
+
+def run(ctx: StudyContext) -> str:
+    section = ctx.section
+    grid = [{"kind": kind, "attack": at_eps(attack, eps / 255), "mode": "whitebox"}
+            for kind in section["kinds"] for attack in section["attacks"] for eps in section["eps_255"]]
+    axis = lambda s: ((s["kind"], attack_label(s["attack"])), f"eps {s['attack']['eps'] * 255:g}/255")  # noqa: E731
+    return sweep(ctx, grid, "eps (x/255, L-infinity)", lambda s: round(s["attack"]["eps"] * 255, 6),
+                 lambda s: f"{LABELS[s['kind']]}, {attack_label(s['attack'])}", "Accuracy vs perturbation size",
+                 axes=[axis], x_is_eps=True)

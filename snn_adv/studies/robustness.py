@@ -1,0 +1,243 @@
+"""Study ``robustness`` (the paper's main table): ANN, SNN-conv and SNN-BP under clean, FGSM and PGD, whitebox and
+blackbox (every source kind, trained separately with another seed, against every target: same-kind and cross pairs).
+
+:func:`table_study` is shared with the ``strong`` study (the same table under adaptive attacks). Besides the table
+(accuracy with its 95 % interval over images and Poisson seeds) it writes paired comparisons on the same images
+(each SNN against the ANN, each attack against the section's first) and self-checks whose verdicts come from paired
+tests (whitebox not weaker than transfer; an attack of at least the first one's effort not weaker than it;
+gradient-free and minimal-norm attacks not stronger / not more robust than it; more steps or restarts do not help).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .. import plots
+from ..attack_specs import attack_label, check_protocols
+from ..cells import cell_key, markdown_table
+from ..distributed import dist_info
+from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, EvaluationResult, check_gradient_free, check_minimal_norm,
+                          check_more_effort, check_whitebox_vs_transfer)
+from ..stats import compare
+from ..zoo import KINDS, LABELS
+from .common import (NO_GRADIENT, StudyContext, check_not_weaker, comparison_row, evaluate_condition,
+                     interval_columns, record_checks, record_comparisons, results_of)
+
+__all__ = ["ROW_COLUMNS", "attack_checks", "condition_of", "evaluate_models", "run", "summarise", "table_study"]
+
+
+def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:
+    """What a PGD entry is apart from its effort (steps x restarts): same-kind entries differ only in effort."""
+    return tuple(spec.get(k) for k in ("eps", "grad_mode", "eot", "surrogate"))
+
+
+def attack_checks(spec: Mapping[str, Any], reference: Mapping[str, Any], result: EvaluationResult,
+                  baseline: EvaluationResult, target: str) -> List[Check]:
+    """The self-checks an attack entry ``spec`` owes against the section's first (``reference``) on ``target``."""
+    label, ref_label = attack_label(spec), attack_label(reference)
+    checks = []
+    if spec["name"] == "torchattacks" and spec.get("class") == "Square":
+        checks.append(check_gradient_free(baseline, result))
+    elif spec["name"] == "torchattacks" and spec.get("class") in MINIMAL_NORM_ATTACKS:
+        checks.append(check_minimal_norm(baseline, result, label))
+    elif (reference["name"] == "fgsm" and spec["name"] in ("pgd", "ensemble")) or spec.get("eot") or \
+            spec["name"] == "ensemble":
+        checks.append(check_not_weaker(result, baseline, f"not_weaker_than_{ref_label}[{label}]",
+                                       f"{label} vs {ref_label}"))
+    if spec["name"] == reference["name"] == "pgd" and _pgd_effort(spec) == _pgd_effort(reference):
+        effort = lambda s: s.get("steps", 10) * s.get("restarts", 1)  # noqa: E731
+        if effort(spec) > effort(reference):
+            checks.append(check_more_effort(baseline, result, "steps_or_restarts"))
+    return [Check(c.name, c.passed, f"{target}: {c.detail}", c.values) for c in checks]
+
+
+#: one measured condition: (target label, condition) with condition ``clean``, ``<attack> WB`` or
+#: ``<attack> BB from <source label>``
+Key = Tuple[str, str]
+
+
+def condition_of(spec: Optional[Mapping[str, Any]], source: Optional[str] = None) -> str:
+    """The column name of an attack entry: ``clean``, ``<label> WB`` (whitebox) or ``<label> BB from <source>``."""
+    if spec is None or spec["name"] == "clean":
+        return "clean"
+    return f"{attack_label(spec)} " + ("WB" if source is None else f"BB from {source}")
+
+
+def summarise(results: Mapping[Key, EvaluationResult], no_gradient: Sequence[Key], targets: Sequence[str],
+              attacks: Sequence[Mapping[str, Any]], pairs: Sequence[Tuple[str, str]],
+              cells: Optional[Mapping[Key, str]] = None) -> Tuple[List[Dict[str, Any]], str, List[Check], List[Dict[str, Any]]]:
+    """The long rows (numeric, with intervals), the wide markdown table (target x condition), the self-checks and
+    the paired comparisons of a robustness table.
+
+    :param results: the evaluation of every measured condition (the clean one: its clean outcomes).
+    :param no_gradient: conditions whose attack found no input gradient (shown as such, never as a number).
+    :param targets: target labels in table order; ``pairs``: ``(a, b)`` target labels compared in every condition.
+    :param cells: the cell key of each condition (for the rows).
+    """
+    conditions = list(dict.fromkeys([c for _, c in results] + [c for _, c in no_gradient]))
+    rows, wide = [], {t: {"model": t} for t in targets}
+    for condition in conditions:
+        for target in targets:
+            key = (target, condition)
+            if key in results:
+                result = results[key]
+                columns = interval_columns(result, "clean" if condition == "clean" else "adversarial", "accuracy")
+                note, n, seeds = "", result.n, len(result.scoring_seeds)
+            elif key in no_gradient:
+                columns = {"accuracy": None, "accuracy_low": None, "accuracy_high": None}
+                note, n, seeds = NO_GRADIENT, None, None
+            else:
+                continue
+            mode = "-" if condition == "clean" else "whitebox" if condition.endswith(" WB") else "blackbox"
+            attack = "-" if condition == "clean" else condition.split(" WB")[0].split(" BB from ")[0]
+            rows.append({"target": target, "condition": condition, "attack": attack, "mode": mode,
+                         "source": condition.split(" BB from ")[1] + "'" if mode == "blackbox" else "", **columns,
+                         "note": note, "n_images": n, "n_seeds": seeds, "cell": (cells or {}).get(key, "")})
+            wide[target].update({condition: columns["accuracy"] if note == "" else NO_GRADIENT,
+                                 f"{condition}_low": columns["accuracy_low"], f"{condition}_high": columns["accuracy_high"]})
+    markdown = markdown_table(list(wide.values()),
+                              ["model"] + [f"{c}{end}" for c in conditions for end in ("", "_low", "_high")])
+    return rows, markdown, _checks(results, targets, attacks), _comparisons(results, targets, conditions, attacks, pairs)
+
+
+ROW_COLUMNS = ["target", "condition", "attack", "mode", "source", "accuracy", "accuracy_low", "accuracy_high", "note",
+               "n_images", "n_seeds", "cell"]
+
+
+def table_study(ctx: StudyContext, blackbox: bool) -> str:
+    """Whitebox (and blackbox) accuracy of every target kind under every attack of the study's section."""
+    zoo, section = ctx.zoo, ctx.section
+    kinds = section.get("kinds", list(KINDS))
+    attacks = section["attacks"]
+    sources = section.get("sources", list(KINDS)) if blackbox else []
+    cells = [ctx.cell(source=None, attack={"name": "clean"}, targets={k: zoo.key(k) for k in kinds})]
+    for spec in attacks:
+        for kind in kinds:
+            if not (spec.get("snn_only") and kind == "ann"):
+                cells.append(ctx.cell(source={"kind": kind, "role": "main", "model": zoo.key(kind)}, attack=spec,
+                                      targets={kind: zoo.key(kind)}))
+        for kind in sources:
+            if not (spec.get("snn_only") and kind == "ann"):
+                cells.append(ctx.cell(source={"kind": kind, "role": "source", "model": zoo.key(kind, "source")},
+                                      attack=spec, targets={k: zoo.key(k) for k in kinds}))
+
+    def compute(settings: Mapping[str, Any]) -> Dict[str, Any]:
+        src = settings["source"]
+        targets = {k: zoo.get(k) for k in settings["targets"]}
+        if src is None or src["role"] == "main":  # clean, or whitebox on the one target
+            return ctx.evaluate(targets, settings["attack"])
+        return ctx.evaluate(targets, settings["attack"], zoo.get(src["kind"], src["role"]))
+
+    results, no_gradient, cell_of = {}, [], {}
+    for record in ctx.run(cells, compute):
+        src = record["settings"]["source"]
+        source = LABELS[src["kind"]] if src and src["role"] == "source" else None
+        condition = condition_of(record["settings"]["attack"] if src else None, source)
+        for target, result in results_of(record).items():
+            key = (LABELS[target], condition)
+            cell_of[key] = cell_key(record["settings"])
+            if "no_gradient" in record["result"]:
+                no_gradient.append(key)
+            else:
+                results[key] = result
+    pairs = [(LABELS[a], LABELS[b]) for a, b in (("snn_conv", "ann"), ("snn_bp", "ann"), ("snn_bp", "snn_conv"))
+             if a in kinds and b in kinds]
+    rows, wide, checks, comparisons = summarise(results, no_gradient, [LABELS[k] for k in kinds], attacks, pairs,
+                                                cell_of)
+    markdown = ctx.write(rows, ROW_COLUMNS, markdown=wide) + record_checks(ctx, checks)
+    markdown += record_comparisons(ctx, comparisons)
+    if dist_info().is_main:
+        conditions = list(dict.fromkeys(r["condition"] for r in rows))
+        bars = {LABELS[k]: [_bar(rows, LABELS[k], c) for c in conditions] for k in kinds}
+        plots.plot_bars(conditions, bars, ctx.out / "accuracy.png", ylabel="accuracy (%)",
+                        title=f"{ctx.name}: accuracy per model and attack (WB whitebox, BB blackbox from a separately "
+                              "trained source)", note=ctx.note())
+    return markdown
+
+
+def _checks(results: Mapping[Key, EvaluationResult], targets: Sequence[str], attacks) -> List[Check]:
+    """Per target: each attack against the first (:func:`attack_checks`); whitebox against every transfer."""
+    checks = []
+    reference = attacks[0]
+    for target in targets:
+        baseline = results.get((target, condition_of(reference)))
+        for spec in attacks:
+            whitebox = results.get((target, condition_of(spec)))
+            if whitebox is None:
+                continue
+            if spec is not reference and baseline is not None:
+                checks += attack_checks(spec, reference, whitebox, baseline, target)
+            for (other, condition), transfer in results.items():
+                prefix = f"{attack_label(spec)} BB from "
+                if other == target and condition.startswith(prefix):
+                    check = check_whitebox_vs_transfer(whitebox, transfer, source=condition[len(prefix):] + "'")
+                    checks.append(Check(check.name, check.passed, f"{target}, {attack_label(spec)}: {check.detail}",
+                                        check.values))
+    return checks
+
+
+def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str, Any]]:
+    """Each pair of targets in every condition; each attack against the first, per target (whitebox)."""
+    rows = []
+    for condition in conditions:
+        kind_of = "clean" if condition == "clean" else "adversarial"
+        for a, b in pairs:
+            if (a, condition) in results and (b, condition) in results:
+                comparison = compare(results[(a, condition)], results[(b, condition)], kind_of, kind_of)
+                rows.append(comparison_row(condition, a, b, comparison))
+    reference = condition_of(attacks[0])
+    for target in targets:
+        for spec in attacks[1:]:
+            condition = condition_of(spec)
+            if (target, condition) in results and (target, reference) in results:
+                comparison = compare(results[(target, condition)], results[(target, reference)])
+                rows.append(comparison_row(target, condition, reference, comparison))
+    return rows
+
+
+def _bar(rows, target: str, condition: str) -> Tuple[float, Optional[float]]:
+    """(accuracy, half width of its interval) of ``target`` in ``condition`` (NaN when not measured)."""
+    for row in rows:
+        if row["target"] == target and row["condition"] == condition and row["accuracy"] is not None:
+            return row["accuracy"], (row["accuracy_high"] - row["accuracy_low"]) / 2
+    return float("nan"), 0.0
+
+
+def evaluate_models(targets: Mapping[str, nn.Module], sources: Mapping[str, nn.Module], images: torch.Tensor,
+                    labels: torch.Tensor, attacks: Sequence[Mapping[str, Any]], *, seed: int = 0,
+                    scoring_seeds: Sequence[int] = (0,), batch_size: int = 128,
+                    progress: bool = True) -> Tuple[List[Dict[str, Any]], str, List[Check], List[Dict[str, Any]]]:
+    """The robustness table of any classifiers (``snn-adv evaluate``): clean, every attack entry whitebox on each
+    target and blackbox from each source onto every target; returns :func:`summarise`'s rows, markdown table,
+    self-checks and comparisons (each target against the first)."""
+    from ..neurons import spiking_neurons
+
+    check_protocols(attacks, targets, "argument 'attacks'")
+    run = functools.partial(evaluate_condition, images=images, labels=labels, seed=seed, scoring_seeds=scoring_seeds,
+                            batch_size=batch_size, progress=progress)
+    results: Dict[Key, EvaluationResult] = {}
+    no_gradient: List[Key] = []
+
+    def record(condition: str, outcome: Tuple[Dict[str, EvaluationResult], Optional[str]]) -> None:
+        for name, result in outcome[0].items():
+            if outcome[1] is None:
+                results[(name, condition)] = result
+            else:
+                no_gradient.append((name, condition))
+
+    record("clean", run(targets, attack={"name": "clean"}))
+    for spec in attacks:
+        for name, model in targets.items():
+            if not (spec.get("snn_only") and not spiking_neurons(model)):
+                record(condition_of(spec), run({name: model}, attack=spec))
+        for source_name, source in sources.items():
+            record(condition_of(spec, source_name), run(targets, attack=spec, source=source))
+    names = list(targets)
+    return summarise(results, no_gradient, names, attacks, [(name, names[0]) for name in names[1:]])
+
+
+def run(ctx: StudyContext) -> str:
+    return table_study(ctx, blackbox=True)

@@ -1,0 +1,32 @@
+"""Study ``timesteps``: adversarial accuracy against T, with input pre-quantisation levels as a second axis
+(SNN-BP, SNN-conv; T and the levels are changed on one trained network). Paired comparisons: each T against the
+smallest (same levels), each quantisation against none (same T)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..attack_specs import attack_label
+from ..zoo import LABELS
+from .common import StudyContext, sweep
+
+__all__ = ["run"]
+
+
+def _levels(levels: Optional[int]) -> str:
+    return "no quantisation" if levels is None else f"{levels} levels"
+
+
+def run(ctx: StudyContext) -> str:
+    section = ctx.section
+    grid = [{"kind": kind, "knobs": {"timesteps": t, "levels": q, "quantise": True}, "attack": attack, "mode": mode}
+            for kind in section["kinds"] for t in section["timesteps"] for q in section["levels"]
+            for attack in section["attacks"] for mode in attack.get("study_modes", section["modes"])]
+    base = lambda s: (s["kind"], s["mode"], attack_label(s["attack"]))  # noqa: E731
+    axes = [  # each T against the smallest T (same levels); each quantisation against none (same T)
+        lambda s: ((*base(s), "levels", s["knobs"]["levels"]), f"T={s['knobs']['timesteps']}"),
+        lambda s: ((*base(s), "T", s["knobs"]["timesteps"]), _levels(s["knobs"]["levels"])),
+    ]
+    return sweep(ctx, grid, "timesteps T", lambda s: s["knobs"]["timesteps"],
+                 lambda s: f"{LABELS[s['kind']]}, {_levels(s['knobs']['levels'])}, {attack_label(s['attack'])}",
+                 "Adversarial accuracy vs timesteps and input quantisation", axes=axes, xscale="log",
+                 xticks=section["timesteps"])

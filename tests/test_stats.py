@@ -1,0 +1,109 @@
+"""snn_adv.stats: intervals and paired tests against closed forms, exhaustive enumeration and simulated coverage."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from snn_adv.evaluation import EvaluationResult
+from snn_adv.stats import accuracy_interval, compare, compare_to_bound
+
+
+def result(adversarial, clean=None, index=None, label=None):
+    """An EvaluationResult from [N, S] 0/1 outcomes (clean defaults to all correct)."""
+    adversarial = np.asarray(adversarial, dtype=bool)
+    if adversarial.ndim == 1:
+        adversarial = adversarial[:, None]
+    n, s = adversarial.shape
+    clean = np.ones_like(adversarial) if clean is None else np.asarray(clean, dtype=bool).reshape(n, s)
+    index = np.arange(n) if index is None else index
+    label = np.zeros(n, dtype=int) if label is None else label
+    return EvaluationResult(index, label, clean, adversarial, scoring_seeds=range(s))
+
+
+def test_one_seed_interval_is_clopper_pearson():
+    outcomes = np.array([1] * 7 + [0] * 13)
+    low, high = result(outcomes).confidence_interval("adversarial", 0.95)
+    # Clopper-Pearson from the beta quantiles (k = 7 of n = 20)
+    assert low == pytest.approx(scipy_stats.beta.ppf(0.025, 7, 14), abs=1e-9)
+    assert high == pytest.approx(scipy_stats.beta.ppf(0.975, 8, 13), abs=1e-9)
+    # at accuracy 0 the interval is not degenerate: [0, 1 - 0.025^(1/n)]
+    low, high = result(np.zeros(20)).confidence_interval("adversarial")
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 20), abs=1e-9)
+
+
+def test_several_seed_interval_covers_the_mean_at_its_level():
+    # images with their own accuracy p_i ~ Beta(2, 2), 3 Bernoulli seeds each: the bootstrap interval of the mean
+    # over images of the per-image mean must cover E[p] = 0.5 about 95 % of the time
+    rng = np.random.default_rng(0)
+    covered = 0
+    trials = 200
+    for _ in range(trials):
+        p = rng.beta(2, 2, size=60)
+        outcomes = rng.random((60, 3)) < p[:, None]
+        low, high = accuracy_interval(outcomes.mean(1))
+        covered += low <= 0.5 <= high
+    assert 0.89 <= covered / trials <= 0.99
+
+
+def test_interval_is_wider_when_images_disagree_than_seeds():
+    # the same 30 % accuracy: spread over images (each image always right or wrong) vs within images (every image
+    # right on 30 % of seeds) -- only the first is uncertain about the population of images
+    over_images = result(np.repeat(np.array([1] * 3 + [0] * 7)[:, None], 10, 1).repeat(4, 0))
+    within = result(np.tile(np.array([1] * 3 + [0] * 7), (40, 1)))
+    a, b = over_images.confidence_interval(), within.confidence_interval()
+    assert over_images.accuracy() == pytest.approx(within.accuracy())
+    assert (a[1] - a[0]) > 3 * (b[1] - b[0])
+
+
+def test_mcnemar_p_value_matches_the_binomial_sum():
+    a = np.array([1] * 10 + [1] * 9 + [0] * 2 + [0] * 9)  # 9 images correct only under a, 2 only under b
+    b = np.array([1] * 10 + [0] * 9 + [1] * 2 + [0] * 9)
+    comparison = compare(result(a), result(b))
+    n, k = 11, 2
+    two_sided = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    assert comparison.method == "exact McNemar" and comparison.p_value == pytest.approx(two_sided)
+    assert comparison.difference == pytest.approx(7 / 30)
+    assert comparison.low < comparison.difference < comparison.high
+    greater = compare(result(a), result(b), alternative="greater")
+    assert greater.p_value == pytest.approx(sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    assert compare(result(a), result(b), alternative="less").p_value > 0.9
+
+
+def test_sign_flip_test_matches_exhaustive_enumeration():
+    # per-image means over 4 seeds; enumerate all 2^n sign flips of the nonzero differences
+    rng = np.random.default_rng(3)
+    a = rng.random((12, 4)) < 0.7
+    b = rng.random((12, 4)) < 0.4
+    d = a.mean(1) - b.mean(1)
+    nonzero = d[d != 0]
+    null = np.array([np.mean(np.array(signs) * np.abs(nonzero))
+                     for signs in itertools.product([-1, 1], repeat=len(nonzero))])
+    exact = np.mean(null >= nonzero.mean() - 1e-12)
+    comparison = compare(result(a), result(b), alternative="greater")
+    assert comparison.method.startswith("sign-flip")
+    assert comparison.p_value == pytest.approx(exact, abs=0.01)
+
+
+def test_paired_test_refuses_different_images_and_bad_arguments():
+    a = result(np.ones(10))
+    with pytest.raises(ValueError, match="different images"):
+        compare(a, result(np.ones(10), index=np.arange(1, 11)))
+    with pytest.raises(ValueError, match="labels"):
+        compare(a, result(np.ones(10), label=np.ones(10, dtype=int)))
+    with pytest.raises(ValueError, match="level"):
+        compare(a, a, level=95)
+    with pytest.raises(ValueError, match="alternative"):
+        compare(a, a, alternative="bigger")
+    with pytest.raises(ValueError, match="kind"):
+        compare(a, a, kind_a="robustness")
+
+
+def test_bound_test_is_the_exact_binomial_tail():
+    r = result(np.array([1] * 4 + [0] * 36))  # 10 % at n = 40
+    comparison = compare_to_bound(r, "adversarial", 0.05)
+    tail = sum(math.comb(40, i) * 0.05 ** i * 0.95 ** (40 - i) for i in range(4, 41))
+    assert comparison.p_value == pytest.approx(tail) and comparison.difference == pytest.approx(0.05)
+    assert not comparison.significant(0.95)  # 4 of 40 is not evidence against "at most 5 %"
+    assert compare_to_bound(result(np.array([1] * 10 + [0] * 30)), "adversarial", 0.05).significant(0.95)
