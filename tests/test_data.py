@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from snn_adv.data import (DATASETS, dataset_info, load_dataset, load_tensors, make_loader, read_idx,
-                          stratified_indices)
+                          stratified_indices, where_to_put)
 
-SHARED_FMNIST = Path(__file__).resolve().parents[2] / "shared/datasets/fashion-mnist"
+SHARED_FMNIST = next((p / "shared/datasets/fashion-mnist" for p in Path(__file__).resolve().parents
+                      if (p / "shared/datasets/fashion-mnist").is_dir()), Path("/nonexistent"))
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -91,6 +92,34 @@ def test_local_idx_directory_is_a_source_and_checksums_are_verified(tmp_path):
         load_dataset("mnist", "test", root=tmp_path)
 
 
+def test_damaged_idx_files_and_manifests_name_the_file(tmp_path):
+    make_idx_dir(tmp_path / "mnist")
+    images = tmp_path / "mnist/t10k-images-idx3-ubyte.gz"
+    good = images.read_bytes()
+    images.write_bytes(gzip.decompress(good))  # not gzip, though named .gz
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is not a complete gzip file"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(good[: len(good) // 2])  # a cut-off download
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is not a complete gzip file"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(gzip.compress(gzip.decompress(good)[:-3]))  # complete gzip, cut-off idx
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is truncated"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(good)
+    sums = tmp_path / "mnist/SHA256SUMS"
+    sums.write_text("d41d8cd98f00b204e9800998ecf8427e  t10k-images-idx3-ubyte.gz\n")  # an md5 is not a sha256
+    with pytest.raises(ValueError, match=r"SHA256SUMS' line 1 is not '<64 hex digits>  <file name>'"):
+        load_dataset("mnist", "test", root=tmp_path)
+    sums.write_text(f"{hashlib.sha256(good).hexdigest()}  t10k-images-idx3-ubyte.gz\n")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz' is not listed in"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_root_with_the_bundled_dataset_is_reported_as_ignored(tmp_path):
+    with pytest.warns(UserWarning, match=r"'root' = .* is ignored: the dataset 'fashion-mnist-bundled'"):
+        load_dataset("fashion-mnist-bundled", "test", root=tmp_path)
+
+
 def make_fake_cifar10(root: Path, n_per_batch=4, seed=0) -> np.ndarray:
     """The python-pickle layout torchvision's CIFAR10 reads: data rows are 3x32x32 uint8 in CHW order."""
     rng = np.random.default_rng(seed)
@@ -149,10 +178,15 @@ def test_cifar_augmentation_is_a_padded_crop_and_flip(tmp_path, no_cifar_md5):
 
 
 def test_offline_without_data_says_where_to_put_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=True"):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=True \(--download\)"):
         load_dataset("cifar10", "test", root=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*fashion-mnist-bundled"):
+    with pytest.raises(FileNotFoundError) as error:
         load_dataset("fashion-mnist", "test", root=tmp_path)
+    message = str(error.value)  # the one message: where it looked, the layout, how to point at it, how to download
+    assert message == where_to_put("fashion-mnist", tmp_path, "not found (or corrupt)")
+    for part in (str(tmp_path), "train-images-idx3-ubyte.gz", "DIR/fashion-mnist", "--data-root DIR", "SNN_ADV_DATA",
+                 "download=True (--download)", "fashion-mnist-bundled"):
+        assert part in message
 
 
 def test_loader_order_is_seeded_and_subset_stratified():
