@@ -17,7 +17,7 @@ from snn_adv import checkpoints
 from snn_adv.data import (CIFAR10_CLASSES, dataset_fingerprint, dataset_info, image_folder, load_dataset, load_tensors,
                           make_loader)
 from snn_adv.models import build_classifier
-from test_data import _is_crop_flip_of, make_fake_cifar10, make_idx_dir, no_cifar_md5  # noqa: F401 (fixture)
+from test_data import assert_crop_flip_augmentation, make_fake_cifar10, make_idx_dir, no_cifar_md5  # noqa: F401 (fixture)
 
 SHARED_JPEG = next((p / "shared/datasets/cifar10-jpeg" for p in Path(__file__).resolve().parents
                     if (p / "shared/datasets/cifar10-jpeg/SHA256SUMS").is_file()), None)
@@ -93,14 +93,7 @@ def test_cifar10_jpeg_from_archives_and_tree_equals_pil_decoding(jpeg_copy):
 def test_cifar10_jpeg_training_augmentation_is_crop_and_flip(jpeg_copy):
     _, archives = jpeg_copy
     plain = load_dataset("cifar10-jpeg", "train", root=archives, augment=False)
-    augmented = load_dataset("cifar10-jpeg", "train", root=archives)
-    torch.manual_seed(0)
-    changed = 0
-    for i in range(len(plain)):
-        a, o = augmented[i][0], plain[i][0]
-        assert _is_crop_flip_of(a, o, pad=4, flip=True)
-        changed += not torch.equal(a, o)
-    assert changed >= len(plain) // 2
+    assert_crop_flip_augmentation(plain, load_dataset("cifar10-jpeg", "train", root=archives))
     batch = next(iter(make_loader("cifar10-jpeg", "test", 8, root=archives)))[0]
     assert torch.equal(batch, load_tensors("cifar10-jpeg", "test", root=archives)[0][:8])  # test split: no augmentation
 
