@@ -14,13 +14,14 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from .cells import load_config, parse_overrides
+    from .configs import config_path
     from .studies import STUDIES, run_studies
-    from .study import load_config, parse_overrides
 
     overrides = parse_overrides(args.set or [])
     if args.data_root is not None:
         overrides.setdefault("data", {})["root"] = args.data_root
-    config = load_config(args.config, overrides)
+    config = load_config(config_path(args.config), overrides)
     names = list(STUDIES) if args.names == ["all"] else args.names
     run_studies(names, config, args.out, progress=not args.quiet)
     return 0
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the paper's studies: robustness, timesteps, leak, eps, layerwise, "
                                             "strong, or all. Finished cells are skipped on a rerun.")
     study.add_argument("names", nargs="+", metavar="STUDY", help="study names, or 'all'")
-    study.add_argument("--config", required=True, help="JSON config, e.g. experiments/configs/cpu.json")
+    study.add_argument("--config", required=True, help="a preset name (cpu, tiny, quickstart, paper_cifar10_vgg5...) or a JSON config file")
     study.add_argument("--out", required=True, help="output folder (tables, plots, cells, model cache)")
     study.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
     study.add_argument("--set", action="append", metavar="KEY=JSON",

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .study import derive_seed
+from .seeds import derive_seed
 from .validation import check_positive_int
 
 __all__ = [

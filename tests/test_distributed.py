@@ -51,7 +51,8 @@ def _run(tmp_path, nproc):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"out{nproc}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # subprocesses import this checkout
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     if nproc == 1:
         cmd = [sys.executable, str(script), str(out)]
     else:
@@ -85,6 +86,6 @@ def test_single_process_counts_match_a_hand_loop():
     counts = sharded_counts(lambda x, y, s: {"odd": int(y.sum()), "seedsum": s % 2}, images, labels,
                             batch_size=3, seed=0, progress=False)
     assert counts["odd"] == 5
-    from snn_adv.study import derive_seed
+    from snn_adv.seeds import derive_seed
 
     assert counts["seedsum"] == sum(derive_seed(0, b) % 2 for b in range(4))

@@ -4,7 +4,21 @@ import json
 import pytest
 
 from snn_adv.cli import build_parser
-from snn_adv.quickstart import QUICKSTART_CONFIG, TEST_BUDGET, quickstart
+from snn_adv.quickstart import quickstart
+
+_EPS = 8 / 255
+#: Overrides of the quickstart preset for a seconds-scale run: fewer images, epochs and steps.
+TEST_BUDGET = {
+    "eval_seeds": [0, 1],
+    "eval_batch_size": 32,
+    "data": {"train_count": 1000, "test_count": 32},
+    "models": {"ann": {"epochs": 2}, "snn_conv": {"timesteps": 8, "calibration_count": 64},
+               "snn_bp": {"timesteps": 4, "train_count": 64, "batch_size": 32}},
+    "studies": {"robustness": {"attacks": [
+        {"name": "fgsm", "eps": _EPS, "label": "FGSM"},
+        {"name": "pgd", "eps": _EPS, "alpha": 2 / 255, "steps": 2, "random_start": True, "label": "PGD"},
+    ]}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +52,26 @@ def test_quickstart_rerun_resumes_without_recomputing(run, capsys):
     assert "SNN-BP" in capsys.readouterr().out
 
 
-def test_cli_parses_quickstart_and_study():
+def test_cli_runs_quickstart_and_study_with_preset_and_overrides(monkeypatch, tmp_path):
+    import importlib
+
+    import snn_adv.studies
+    from snn_adv.cells import load_config
+    from snn_adv.configs import config_path
+
+    calls = {}
+    monkeypatch.setattr(importlib.import_module("snn_adv.quickstart"), "quickstart", lambda out: calls.setdefault("quickstart", out))
+    monkeypatch.setattr(snn_adv.studies, "run_studies",
+                        lambda names, config, out, progress: calls.setdefault("study", (names, config, out, progress)))
     args = build_parser().parse_args(["quickstart", "--out", "x"])
-    assert args.out == "x" and args.func.__name__ == "_quickstart"
-    args = build_parser().parse_args(["study", "all", "--config", "c.json", "--out", "o", "--set", "seed=3"])
-    assert args.names == ["all"] and args.set == ["seed=3"]
-    assert QUICKSTART_CONFIG["data"]["dataset"] == "fashion-mnist-bundled"  # offline: the data shipped in the package
+    assert args.func(args) == 0 and calls["quickstart"] == "x"
+
+    argv = ["study", "all", "--config", "tiny", "--out", "o", "--set", "seed=3", "--set", "models.ann.epochs=5",
+            "--data-root", str(tmp_path), "--quiet"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    names, config, out, progress = calls["study"]
+    assert names == list(snn_adv.studies.STUDIES) and out == "o" and progress is False
+    expected = load_config(config_path("tiny"))  # the shipped preset, with the overrides on top
+    expected["seed"], expected["models"]["ann"]["epochs"], expected["data"]["root"] = 3, 5, str(tmp_path)
+    assert config == expected

@@ -9,12 +9,17 @@ import time
 
 import pytest
 
+#: subprocesses import this checkout's snn_adv (not whatever an editable install points at), one thread each
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   os.environ.get("PYTHONPATH")]))}
+
 # A cell runner whose cells draw from every global generator (as training and attacks do) and take a while.
 SCRIPT = textwrap.dedent(
     """
     import random, sys, time
     import numpy as np, torch
-    from snn_adv.study import CellStore, run_cells
+    from snn_adv.cells import CellStore, run_cells
 
     def compute(settings):
         time.sleep(float(sys.argv[2]))  # not a setting: the results must not depend on it
@@ -34,7 +39,7 @@ def _results(directory):
 def _start(tmp_path, out, sleep):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), str(out), str(sleep)], stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, str(script), str(out), str(sleep)], stderr=subprocess.PIPE, env=ENV)
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
@@ -59,12 +64,11 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     assert not list((killed / "cells").glob(".*.tmp"))  # no stray temporary files
 
 
-TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "configs", "tiny.json")
 
 
 def _study(out):
-    cmd = [sys.executable, "-m", "snn_adv.cli", "study", "eps", "--config", TINY, "--out", str(out), "--quiet"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "snn_adv.cli", "study", "eps", "--config", "tiny", "--out", str(out), "--quiet"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
 
 
 def test_real_study_killed_mid_run_resumes_to_identical_numbers(tmp_path):

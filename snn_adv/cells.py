@@ -1,6 +1,6 @@
-"""Resumable experiments: configs from files, seeds derived from the config, one atomic file per result cell.
+"""The resumable cell runner: one atomic file per result cell, seeds derived from the config, tables.
 
-A *study* is a list of *cells*; a cell is a dict of JSON settings (model, attack, eps, T, leak, Poisson seed...)
+A *study* is a list of *cells*; a cell is a dict of JSON settings (model, attack, eps, T, leak, data, seeds...)
 whose result is a dict of numbers. :func:`run_cells` computes each cell unless a finished file for exactly those
 settings already exists, and writes every finished cell at once with :func:`~snn_adv.io.atomic_write_json`, so a
 run killed at any moment (SIGKILL included) loses at most the cell in progress, and a rerun redoes only that one.
@@ -8,32 +8,38 @@ run killed at any moment (SIGKILL included) loses at most the cell in progress, 
 Reproducibility: before a cell is computed, every global generator is seeded with
 ``derive_seed(config_seed, cell_key)``, a hash of the run's seed and the cell's settings. A cell's numbers therefore
 depend on its settings alone, never on which cells ran before it in the same process, which is what makes a resumed
-run identical to an uninterrupted one.
+run identical to an uninterrupted one. The records :func:`run_cells` returns are the ones a resumed run reads back
+from disk (JSON round trip), so every table built from them is the same byte for byte.
+
+(Config loading, :func:`load_config`, :func:`merge` and :func:`parse_overrides`, lives here until it moves to its
+own module.)
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .io import PathLike, atomic_write, atomic_write_json, provenance
+from .seeds import canonical_json, derive_seed
 from .training import seed_everything
 
 __all__ = [
     "load_config",
     "merge",
     "parse_overrides",
-    "derive_seed",
     "cell_key",
     "CellStore",
+    "claim_output_folder",
     "run_cells",
     "write_table",
     "markdown_table",
@@ -44,7 +50,7 @@ Settings = Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Configs and seeds
+# Configs
 # --------------------------------------------------------------------------------------------------------------
 def load_config(path: PathLike, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Read a JSON config file; ``overrides`` (nested dicts) are merged over it, key by key. A top-level
@@ -97,21 +103,6 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def canonical_json(obj: Any) -> str:
-    """One string per value: sorted keys, no spaces (used for hashing settings)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def derive_seed(seed: int, *keys: Any) -> int:
-    """A 31-bit seed from ``seed`` and any JSON-serialisable keys: ``sha256(json([seed, keys]))`` mod 2^31.
-
-    Stable across processes and Python versions (unlike ``hash()``), so cell ``k`` of config seed ``s`` always draws
-    the same random numbers.
-    """
-    digest = hashlib.sha256(canonical_json([int(seed), list(keys)]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31)
-
-
 def cell_key(settings: Settings) -> str:
     """16 hex digits identifying a cell's settings (the file name of its result)."""
     return hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16]
@@ -161,6 +152,33 @@ class CellStore:
         return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
 
 
+@contextlib.contextmanager
+def claim_output_folder(directory: PathLike) -> Iterator[Path]:
+    """Hold ``directory`` for a run: create it, and remove the temporary files a killed run left behind.
+
+    Every run holds a shared ``flock`` on ``directory/.lock`` while it works. A run that can take the lock
+    exclusively is the only live one, so every ``.*.tmp`` file under the folder (an unfinished
+    :func:`~snn_adv.io.atomic_write`) is an orphan of a killed run and is deleted; with another run live, its
+    temporary files are left alone. (Without ``fcntl``, e.g. on Windows, nothing is cleaned.)
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield directory
+        return
+    with open(directory / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for orphan in directory.rglob(".*.tmp"):
+                orphan.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # another run is live: its temporary files are not orphans
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield directory
+
+
 def run_cells(
     cells: Sequence[Settings],
     compute: Callable[[Settings], Mapping[str, Any]],
@@ -188,7 +206,8 @@ def run_cells(
             seed_everything(cell_seed)
             start = time.perf_counter()
             result = compute(settings)
-            record = store.save(settings, result, time.perf_counter() - start, cell_seed)
+            record = json.loads(json.dumps(store.save(settings, result, time.perf_counter() - start, cell_seed),
+                                           sort_keys=True, default=str))  # exactly what a resumed run reads back
         else:
             done += 1
         records.append(record)

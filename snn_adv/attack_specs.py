@@ -1,0 +1,88 @@
+"""The attack registry: a config entry ``{"name": ..., **arguments}`` -> an attack on a model.
+
+One place for studies, the quickstart and ``snn-adv evaluate``. Names:
+
+``clean``         no attack (None)
+``fgsm``, ``pgd`` :class:`snn_adv.attacks.FGSM` / :class:`~snn_adv.attacks.PGD` and their arguments (``eps``,
+                  ``alpha``, ``steps``, ``restarts``, ``random_start``, ``grad_mode``, ``eot``, ``surrogate`` as a spec)
+``ensemble``      :func:`snn_adv.attacks.gradient_mode_ensemble`: ``modes``, ``surrogates`` (specs) and PGD arguments
+``torchattacks``  ``class`` of torchattacks (``APGD``, ``AutoAttack``, ``Square``...) and its ``kwargs``; torchattacks
+                  calls ``eval()``, under which our neurons keep their surrogate gradient
+
+plus table metadata that is not an argument: ``label``, ``snn_only`` (skip ANN targets), ``study_modes`` (restrict a
+sweep's whitebox/blackbox modes), ``alpha_over_eps`` (PGD step relative to eps in the eps sweep).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch.nn as nn
+
+__all__ = ["ATTACK_NAMES", "METADATA_KEYS", "at_eps", "attack_label", "build_attack", "build_surrogate"]
+
+ATTACK_NAMES = ("clean", "fgsm", "pgd", "ensemble", "torchattacks")
+METADATA_KEYS = ("label", "snn_only", "study_modes")
+
+
+def attack_label(spec: Mapping[str, Any]) -> str:
+    """The name an attack has in tables: its ``label``, else its name in capitals."""
+    return spec.get("label") or spec["name"].upper()
+
+
+def at_eps(spec: Mapping[str, Any], eps: float) -> Dict[str, Any]:
+    """The attack entry at ``eps``; ``alpha_over_eps`` sets the PGD step relative to eps (0.25: the paper's
+    2/255 at 8/255), so that 7 steps can reach the ball's surface at every eps."""
+    spec = {**spec, "eps": eps}
+    factor = spec.pop("alpha_over_eps", None)
+    if factor is not None:
+        spec["alpha"] = max(factor * eps, 1e-8)  # eps = 0: a clean cell, any step
+    return spec
+
+
+def build_surrogate(spec: Mapping[str, Any]) -> Callable:
+    """An attacker surrogate from ``{"name": ..., **kwargs}``: ``PiecewiseLinear`` (ours) or any class of
+    ``spikingjelly.activation_based.surrogate`` (``ATan``, ``Sigmoid``, ``Erf``...)."""
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    from .neurons import PiecewiseLinear
+
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "PiecewiseLinear":
+        return PiecewiseLinear(**spec)
+    cls = getattr(sj_surrogate, name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"argument 'surrogate' = {name!r}: must be 'PiecewiseLinear' or a class of spikingjelly's "
+                         "surrogate module")
+    return cls(**spec)
+
+
+def build_attack(spec: Mapping[str, Any], model: nn.Module, seed: int = 0) -> Optional[Callable]:
+    """The attack of config entry ``spec`` crafting on ``model``; None for ``clean``."""
+    from . import attacks
+
+    spec = {k: v for k, v in spec.items() if k not in METADATA_KEYS}
+    name = spec.pop("name", None)
+    if name == "clean":
+        return None
+    if "surrogate" in spec:
+        spec["surrogate"] = build_surrogate(spec["surrogate"])
+    if name in attacks.ATTACKS:
+        return attacks.ATTACKS[name](model, seed=seed, **spec)
+    if name == "ensemble":
+        surrogates = [build_surrogate(s) for s in spec.pop("surrogates", [])]
+        return attacks.gradient_mode_ensemble(model, surrogates=surrogates, seed=seed, **spec)
+    if name == "torchattacks":
+        import torchattacks
+
+        kwargs = dict(spec.get("kwargs", {}))
+        cls = getattr(torchattacks, spec["class"])
+        accepted = cls.__init__.__code__.co_varnames
+        if "seed" in accepted:
+            kwargs["seed"] = seed
+        if "n_classes" in accepted and "n_classes" not in kwargs and getattr(model, "arch", {}).get("dataset"):
+            from .data import dataset_info
+
+            kwargs["n_classes"] = dataset_info(model.arch["dataset"]).num_classes
+        return cls(model, **kwargs)
+    raise ValueError(f"argument 'attack' = {name!r}: must be one of {', '.join(map(repr, ATTACK_NAMES))}")

@@ -1,0 +1,17 @@
+"""Study ``eps``: whitebox accuracy against the perturbation size eps, for each model kind and attack."""
+from __future__ import annotations
+
+from ..attack_specs import at_eps, attack_label
+from ..zoo import LABELS
+from .common import StudyContext, sweep
+
+__all__ = ["run"]
+
+
+def run(ctx: StudyContext) -> str:
+    section = ctx.section
+    grid = [{"kind": kind, "attack": at_eps(attack, eps / 255), "mode": "whitebox"}
+            for kind in section["kinds"] for attack in section["attacks"] for eps in section["eps_255"]]
+    return sweep(ctx, grid, "eps (x/255, L-infinity)", lambda s: round(s["attack"]["eps"] * 255, 6),
+                 lambda s: f"{LABELS[s['kind']]}, {attack_label(s['attack'])}", "Accuracy vs perturbation size",
+                 x_is_eps=True)

@@ -1,0 +1,191 @@
+"""The model zoo: config recipes -> trained models (ANN -> SNN-conv -> SNN-BP), cached as checkpoints by recipe.
+
+A config's ``models`` section holds one recipe per kind (see ``snn_adv/configs/*.json``)::
+
+    ann       arch, arch_kwargs, seeds {main, source}, epochs, lr, batch_size, [optimizer, schedule, ...]
+    snn_conv  timesteps, percentile, calibration_count, [method, calibration_batch_size]   from: the ANN
+    snn_bp    timesteps, leak, threshold_scale, epochs, lr, batch_size, train_count, [micro_batch]  from: SNN-conv
+
+``ModelZoo.get(kind, role)`` returns the trained model of ``kind`` in ``role`` ``main`` (the targets) or ``source``
+(the blackbox sources, trained alike with another seed). The full recipe of a model (its section, the architecture,
+the role's seed, the config ``seed``, the training data as a content fingerprint with its subset seed and size, and
+the recipe it starts from) is its key: a checkpoint is reused only for exactly that recipe, so changing any input
+that can change the weights trains a new model.
+
+Under ``torchrun`` training is data-parallel (:mod:`snn_adv.distributed`: DDP, one shard of every global batch per
+rank); alone it is the same code with one rank.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+from torch.utils.data import Dataset
+
+from . import checkpoints
+from .cells import cell_key
+from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier
+from .conversion import convert as convert_ann, hybrid_init
+from .data import make_loader
+from .data.fingerprint import dataset_fingerprint
+from .distributed import dist_info, distributed_loader, wrap_ddp
+from .encoding import PoissonEncoder
+from .io import PathLike
+from .models import build_classifier
+from .seeds import derive_seed
+from .training import seed_everything, train
+from .validation import check_choice
+
+__all__ = ["KINDS", "LABELS", "ROLES", "ModelZoo", "apply_knobs", "data_recipe", "reset"]
+
+KINDS = ("ann", "snn_conv", "snn_bp")
+LABELS = {"ann": "ANN", "snn_conv": "SNN-conv", "snn_bp": "SNN-BP"}
+ROLES = ("main", "source")
+
+#: recipe keys that are not arguments of :func:`snn_adv.training.train`
+_NOT_TRAIN_ARGS = {"kind", "arch", "arch_kwargs", "dataset", "data", "train_count", "seed", "config_seed",
+                   "batch_size", "from", "timesteps", "leak", "threshold_scale"}
+
+
+def data_recipe(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """What of a config's ``data`` section can change a trained model: the dataset, a fingerprint of its content
+    (never its path), the training subset's size and seed."""
+    return {"dataset": data["dataset"], "fingerprint": dataset_fingerprint(data["dataset"], data.get("root")),
+            "train_count": data.get("train_count"), "subset_seed": data.get("subset_seed", 0)}
+
+
+def reset(model: nn.Module) -> nn.Module:
+    """Clear neuron state left by the last forward (it may hold an autograd graph, which deepcopy refuses)."""
+    functional.reset_net(model)
+    return model
+
+
+def apply_knobs(model: SpikingClassifier, timesteps: Optional[int] = None, levels: Optional[int] = None,
+                rate: Optional[float] = None, leak: Optional[float] = None, quantise: bool = False) -> SpikingClassifier:
+    """Change a spiking classifier's T, Poisson quantisation levels / rate and leak in place.
+
+    ``levels`` is applied only when ``quantise`` is true, so ``levels=None`` can mean "no quantisation".
+    """
+    if timesteps is not None:
+        model.timesteps = timesteps
+    if quantise or rate is not None:
+        old = model.encoder
+        model.encoder = PoissonEncoder(rate=rate if rate is not None else getattr(old, "rate", 1.0),
+                                       levels=levels if quantise else getattr(old, "levels", None))
+    if leak is not None:
+        model.set_leak(leak)
+    return model
+
+
+# ---------------------------------------------------------------- training steps of a recipe
+def _train_set(data: Mapping[str, Any], count: Optional[int]) -> Dataset:
+    """The stratified training subset (``count`` examples, None for all) of the config's dataset."""
+    return make_loader(data["dataset"], "train", batch_size=1, root=data.get("root"), subset=count,
+                       seed=data.get("subset_seed", 0)).dataset
+
+
+def _fit(model: ImageClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool) -> None:
+    """Train ``model`` in place on the recipe's subset with :func:`snn_adv.training.train` (DDP under torchrun)."""
+    dataset = _train_set(data, recipe.get("train_count", data.get("train_count")))
+    loader, sampler = distributed_loader(dataset, recipe["batch_size"], seed=seed)
+    net = wrap_ddp(model)
+    kwargs = {k: v for k, v in recipe.items() if k not in _NOT_TRAIN_ARGS}
+    sampler.set_epoch(0)
+    train(net, loader, seed=seed, progress=progress, on_epoch_end=lambda record: sampler.set_epoch(record["epoch"]),
+          **kwargs)
+    model.eval()
+
+
+def _train_ann(recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool) -> AnnClassifier:
+    """A freshly initialised ANN of ``recipe['arch']`` trained with SGD (or the recipe's optimizer)."""
+    model = build_classifier(recipe["arch"], data["dataset"], "ann", **recipe.get("arch_kwargs", {}))
+    _fit(model, recipe, data, seed, progress)
+    return model
+
+
+def _convert(ann: AnnClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
+             progress: bool) -> SpikingClassifier:
+    """SNN-conv: threshold balancing on ``calibration_count`` training images (:func:`snn_adv.conversion.convert`)."""
+    loader = make_loader(data["dataset"], "train", batch_size=recipe.get("calibration_batch_size", 100),
+                         root=data.get("root"), subset=recipe["calibration_count"], shuffle=False,
+                         seed=data.get("subset_seed", 0))
+    return convert_ann(ann, loader, recipe["timesteps"], method=recipe.get("method", "threshold-balancing"),
+                       percentile=recipe.get("percentile", 99.9), seed=seed, progress=progress)
+
+
+def _finetune(snn_conv: SpikingClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
+              progress: bool) -> SpikingClassifier:
+    """SNN-BP: :func:`snn_adv.conversion.hybrid_init` (thresholds x scale, leak, T), then surrogate-gradient BPTT."""
+    model = hybrid_init(snn_conv, recipe["timesteps"], recipe.get("threshold_scale", 0.7), recipe.get("leak", 0.99))
+    recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", **recipe}
+    _fit(model, recipe, data, seed, progress)
+    return model
+
+
+# ---------------------------------------------------------------- the zoo
+class ModelZoo:
+    """The trained models of a config, built on first use and cached as checkpoints (keyed by their recipe)."""
+
+    def __init__(self, config: Mapping[str, Any], cache_dir: PathLike, progress: bool = True):
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self.progress = progress
+        self._memo: Dict[Tuple[str, str], ImageClassifier] = {}
+        self._data_recipe: Optional[Dict[str, Any]] = None
+
+    def recipe(self, kind: str, role: str = "main") -> Dict[str, Any]:
+        """Everything that determines the weights of ``(kind, role)`` (nested: SNN-BP <- SNN-conv <- ANN)."""
+        check_choice("kind", kind, KINDS)
+        check_choice("role", role, ROLES)
+        models = self.config["models"]
+        recipe = {"kind": kind, **models[kind]}
+        if kind == "ann":
+            if self._data_recipe is None:
+                self._data_recipe = data_recipe(self.config["data"])
+            recipe.update(arch=models["arch"], arch_kwargs=models.get("arch_kwargs", {}), data=self._data_recipe,
+                          seed=models["seeds"][role], config_seed=self.config["seed"])
+        else:
+            recipe["from"] = self.recipe("ann" if kind == "snn_conv" else "snn_conv", role)
+        return recipe
+
+    def key(self, kind: str, role: str = "main") -> str:
+        """Short id of a model's recipe (part of every cell's settings, so a new recipe means new cells)."""
+        return cell_key(self.recipe(kind, role))
+
+    def path(self, kind: str, role: str = "main") -> Path:
+        return self.cache_dir / f"{kind}-{role}-{self.key(kind, role)}.pt"
+
+    def get(self, kind: str, role: str = "main") -> ImageClassifier:
+        """The trained model (in eval mode): memoised, else loaded from the cache, else trained and cached."""
+        if (kind, role) in self._memo:
+            return self._memo[(kind, role)]
+        path = self.path(kind, role)
+        if path.is_file():
+            model = checkpoints.load(path)
+        else:
+            recipe = self.recipe(kind, role)
+            seed = derive_seed(self.config["seed"], cell_key(recipe))
+            seed_everything(seed)
+            data = self.config["data"]
+            if kind == "ann":
+                model = _train_ann(recipe, data, seed, self.progress)
+            elif kind == "snn_conv":
+                model = _convert(reset(self.get("ann", role)), recipe, data, seed, self.progress)
+            else:
+                model = _finetune(reset(self.get("snn_conv", role)), recipe, data, seed, self.progress)
+            if dist_info().is_main:
+                checkpoints.save(model, path, recipe=recipe)
+        model.eval()
+        self._memo[(kind, role)] = model
+        return model
+
+    def variant(self, kind: str, role: str = "main", **knobs: Any) -> ImageClassifier:
+        """An independent copy of a model with SNN knobs changed (:func:`apply_knobs`: ``timesteps``, ``levels``,
+        ``quantise``, ``rate``, ``leak``). ANNs ignore the knobs (they have none)."""
+        model = copy.deepcopy(reset(self.get(kind, role)))
+        if isinstance(model, SpikingClassifier):
+            apply_knobs(model, **knobs)
+        return model

@@ -1,0 +1,121 @@
+"""The cell runner, config loading, seeds, tables and plots (the studies themselves: tests/test_studies.py)."""
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from snn_adv.plots import plot_bars, plot_lines, series_from_rows
+from snn_adv.cells import (
+    CellStore,
+    cell_key,
+    load_config,
+    markdown_table,
+    mean_std,
+    run_cells,
+    write_table,
+)
+from snn_adv.seeds import derive_seed
+
+
+def _draw(settings):
+    return {"torch": torch.rand(1).item(), "numpy": float(np.random.rand()), "python": random.random(), **settings}
+
+
+def test_cells_are_seeded_by_settings_not_by_order(tmp_path):
+    cells = [{"x": i} for i in range(4)]
+    forward = run_cells(cells, _draw, CellStore(tmp_path / "a"), seed=3, progress=False)
+    backward = run_cells(cells[::-1], _draw, CellStore(tmp_path / "b"), seed=3, progress=False)
+    assert [r["result"] for r in forward] == [r["result"] for r in backward[::-1]]
+    other_seed = run_cells(cells, _draw, CellStore(tmp_path / "c"), seed=4, progress=False)
+    assert forward[0]["result"]["torch"] != other_seed[0]["result"]["torch"]
+    # the seed of a cell is derive_seed(config seed, cell key): reproduce cell 0 by hand
+    torch.manual_seed(derive_seed(3, cell_key(cells[0])))
+    assert forward[0]["result"]["torch"] == torch.rand(1).item()
+
+
+def test_finished_cells_are_skipped_and_records_carry_provenance(tmp_path):
+    calls = []
+    store = CellStore(tmp_path)
+    compute = lambda s: calls.append(s["x"]) or {"y": s["x"] ** 2}  # noqa: E731
+    run_cells([{"x": 1}, {"x": 2}], compute, store, seed=0, progress=False)
+    records = run_cells([{"x": 1}, {"x": 2}, {"x": 3}], compute, store, seed=0, progress=False)
+    assert calls == [1, 2, 3]
+    assert [r["result"]["y"] for r in records] == [1, 4, 9]
+    prov = records[0]["provenance"]
+    assert {"git_commit", "torch", "spikingjelly", "device", "seed"} <= set(prov)
+    assert prov["seed"] == derive_seed(0, cell_key({"x": 1}))
+    assert json.loads(store.path({"x": 2}).read_text())["settings"] == {"x": 2}
+    with pytest.raises(ValueError, match="duplicate"):
+        run_cells([{"x": 1}, {"x": 1}], compute, store, seed=0, progress=False)
+
+
+def test_cell_key_ignores_key_order_and_sees_values():
+    assert cell_key({"a": 1, "b": [1, 2]}) == cell_key({"b": [1, 2], "a": 1})
+    assert cell_key({"a": 1}) != cell_key({"a": 1.5})
+    assert derive_seed(0, "x") == derive_seed(0, "x") != derive_seed(1, "x")
+    assert 0 <= derive_seed(123, {"k": 1}) < 2**31
+
+
+def test_load_config_merges_and_rejects_bad_files(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"seed": 1, "attack": {"eps": 0.03, "steps": 7}}))
+    assert load_config(path, {"attack": {"steps": 2}}) == {"seed": 1, "attack": {"eps": 0.03, "steps": 2}}
+    with pytest.raises(ValueError, match="no such file"):
+        load_config(tmp_path / "missing.json")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_config(path)
+
+
+def test_tables_round_trip_and_mean_std(tmp_path):
+    rows = [{"model": "ann", "acc": 91.23456, "skip": 1}, {"model": "snn", "acc": 80.0}]
+    md = write_table(rows, ["model", "acc"], tmp_path / "t")
+    assert md == markdown_table(rows, ["model", "acc"]) == (tmp_path / "t.md").read_text()
+    assert "| ann | 91.23 |" in md and "skip" not in md
+    with open(tmp_path / "t.csv") as handle:
+        assert list(csv.DictReader(handle)) == [{"model": "ann", "acc": "91.23456"}, {"model": "snn", "acc": "80.0"}]
+    stats = mean_std([1.0, 2.0, 4.0])
+    assert stats["mean"] == pytest.approx(7 / 3) and stats["n"] == 3
+    assert stats["std"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
+    assert mean_std([5.0])["std"] == 0.0
+
+
+def test_plots_write_png(tmp_path):
+    rows = [{"m": "a", "x": 1, "y": 2.0, "s": 0.5}, {"m": "a", "x": 2, "y": 1.0, "s": 0.1}, {"m": "b", "x": 1, "y": 3.0}]
+    series = series_from_rows(rows, series="m", x="x", y="y", std="s")
+    assert series == {"a": [(1.0, 2.0, 0.5), (2.0, 1.0, 0.1)], "b": [(1.0, 3.0, 0.0)]}
+    for path in (
+        plot_lines(series, tmp_path / "l.png", xlabel="x (units)", ylabel="y (%)", title="t"),
+        plot_bars(["g1", "g2"], {"a": [(1, 0.1), (2, 0)], "b": [(3, 0), (4, 1)]}, tmp_path / "b.png", ylabel="%", title="t"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_presets_are_package_data_and_resolve_by_name_or_path(tmp_path):
+    import configparser
+    import fnmatch
+    from pathlib import Path
+
+    import snn_adv
+    from snn_adv.configs import config_path, presets
+
+    package = Path(snn_adv.__file__).parent
+    assert {"cpu", "tiny", "quickstart", "paper_cifar10_vgg5"} <= set(presets())
+    setup = configparser.ConfigParser()
+    setup.read(package.parent / "setup.cfg")
+    patterns = [p.strip() for p in setup["options.package_data"]["snn_adv"].split(",")]
+    for name in presets():  # every preset ships in the wheel
+        path = config_path(name)
+        assert path.parent == package / "configs"
+        assert any(fnmatch.fnmatch(str(path.relative_to(package)), p) for p in patterns), name
+    own = tmp_path / "cpu"  # a path wins over a preset of the same name
+    own.write_text("{}")
+    assert config_path(own) == own and config_path(str(own)) == own
+    with pytest.raises(ValueError, match="not a preset name.*cpu"):
+        config_path("no-such-preset")

@@ -1,0 +1,253 @@
+"""Every study end to end on the tiny preset (one shared model cache), and the study layer's own pieces."""
+import json
+
+import pytest
+import torch
+
+from snn_adv.attack_specs import at_eps
+from snn_adv.cells import load_config
+from snn_adv.configs import config_path
+from snn_adv.studies import STUDIES, run_study
+from snn_adv.studies.layerwise import layer_activations, relative_change
+from snn_adv.zoo import ModelZoo
+
+TINY = config_path("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("studies")
+    # a data root that must not leak into results (the bundled subset ignores it)
+    config = load_config(TINY, {"data": {"root": str(tmp_path_factory.mktemp("data-root-of-this-machine"))}})
+    zoo = ModelZoo(config, out / "models", progress=False)
+    tables = {name: run_study(name, config, out, zoo=zoo, progress=False) for name in STUDIES}
+    return out, config, zoo, tables
+
+
+def _rows(out, name, stem="table"):
+    return json.loads((out / name / f"{stem}.json").read_text())["rows"]
+
+
+def test_every_study_writes_table_csv_json_plots_and_cells(tiny_run):
+    out, config, _, tables = tiny_run
+    for name in STUDIES:
+        folder = out / name
+        table = (folder / "table.md").read_text()
+        assert table.startswith("| ")
+        if name in ("robustness", "eps"):  # self-checks: whitebox vs blackbox, accuracy vs eps
+            checks = json.loads((folder / "checks.json").read_text())
+            assert checks and all(c["passed"] in (True, False) for c in checks)
+            assert tables[name] == table + "\n" + (folder / "checks.md").read_text()
+        else:
+            assert tables[name] == table
+        assert (folder / "table.csv").is_file() and list(folder.glob("*.png")), name
+        for cell in (folder / "cells").glob("*.json"):
+            record = json.loads(cell.read_text())
+            assert record["settings"]["study"] == name and "git_commit" in record["provenance"]
+    assert sorted(p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (out / "models").glob("*.pt")) == sorted(
+        f"{k}-{r}" for k in ("ann", "snn_conv", "snn_bp") for r in ("main", "source"))
+
+
+def test_robustness_table_counts_are_consistent(tiny_run):
+    out, config, _, _ = tiny_run
+    rows = _rows(out, "robustness", "cells")
+    n = config["data"]["test_count"]
+    # 3 targets x (clean + 2 attacks x (whitebox + 3 blackbox sources))
+    assert len(rows) == 3 * (1 + 2 * 4) and all(r["n_images"] == n for r in rows)
+    for r in rows:
+        assert 0 <= r["accuracy_mean"] <= 100 and r["n_seeds"] == len(config["eval_seeds"])
+        # an accuracy over n images is a multiple of 100/n for each seed, so the mean is a multiple of 100/(n*seeds)
+        assert (r["accuracy_mean"] * n * r["n_seeds"] / 100) == pytest.approx(round(r["accuracy_mean"] * n * r["n_seeds"] / 100))
+    ann = {r["condition"]: r for r in rows if r["target"] == "ANN"}
+    assert ann["clean"]["accuracy_std"] == 0.0  # a deterministic ANN has no Poisson spread
+    assert ann["PGD WB"]["accuracy_mean"] <= ann["clean"]["accuracy_mean"]
+
+
+def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):
+    out, *_ = tiny_run
+    for r in _rows(out, "eps"):
+        if r["eps"] == 0:
+            assert r["adv_mean"] == r["clean_mean"]
+    kinds = {r["model"] for r in _rows(out, "eps")}
+    assert kinds == {"ANN", "SNN-BP"}
+
+
+def test_layerwise_relative_change_against_hand_computation(tiny_run):
+    out, config, zoo, _ = tiny_run
+    rows = _rows(out, "layerwise")
+    assert {r["quantity"] for r in rows} == {"activation", "spike_rate", "membrane"}
+    assert all(r["relative_change_mean"] >= 0 for r in rows)
+    # layer_activations of the ANN: the ReLU outputs, checked against running the body by hand
+    ann = zoo.get("ann")
+    x = torch.rand(4, 1, 28, 28)
+    acts = layer_activations(ann, x)["activation"]
+    h, expected = ann.normalize(x), []
+    for layer in ann.body:
+        h = layer(h)
+        if isinstance(layer, torch.nn.ReLU):
+            expected.append(h.flatten(1))
+    assert len(acts) == len(expected) and all(torch.allclose(a, b) for a, b in zip(acts, expected))
+    a, b = torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[3.0, 5.0], [1.0, 1.0]])
+    assert relative_change(a, b).tolist() == [pytest.approx(0.2)]  # the all-zero row is skipped
+
+
+def test_snn_layer_activations_are_rates_and_membranes(tiny_run):
+    _, _, zoo, _ = tiny_run
+    snn = zoo.variant("snn_bp", timesteps=3)
+    acts = layer_activations(snn, torch.rand(2, 1, 28, 28))
+    assert len(acts["spike_rate"]) == len(acts["membrane"]) == len(snn.neurons())
+    for rate in acts["spike_rate"]:
+        assert ((rate * 3).round() == rate * 3).all() and rate.min() >= 0 and rate.max() <= 1  # k/T for k spikes
+    assert acts["membrane"][0].shape[1] == 3 * acts["spike_rate"][0].shape[1]
+    assert not any(n.store_v_seq for n in snn.neurons())
+
+
+def test_zoo_cache_reloads_identical_models(tiny_run):
+    out, config, zoo, _ = tiny_run
+    fresh = ModelZoo(config, out / "models", progress=False)
+    x = torch.rand(3, 1, 28, 28)
+    for kind in ("ann", "snn_conv", "snn_bp"):
+        a, b = zoo.variant(kind), fresh.get(kind)
+        for model in (a, b):
+            if hasattr(model, "encoder"):
+                model.encoder.manual_seed(5)
+        with torch.no_grad():
+            assert torch.equal(a(x), b(x)), kind
+
+
+def test_unknown_study_and_missing_section_are_clear_errors(tiny_run):
+    out, config, *_ = tiny_run
+    with pytest.raises(ValueError, match="study"):
+        run_study("nope", config, out)
+    with pytest.raises(ValueError, match="no section"):
+        run_study("leak", {**config, "studies": {}}, out)
+
+
+def test_eps_sweep_scales_the_pgd_step_with_eps():
+    spec = {"name": "pgd", "alpha_over_eps": 0.25, "steps": 7}
+    assert at_eps(spec, 8 / 255) == {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 7}
+    assert at_eps(spec, 32 / 255)["alpha"] == 8 / 255
+    assert at_eps({"name": "fgsm"}, 0.1) == {"name": "fgsm", "eps": 0.1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys and staleness: every input that can change a number is in the key of what it changes
+# ---------------------------------------------------------------------------------------------------------------
+def test_every_output_file_is_free_of_machine_paths(tiny_run):
+    out, config, *_ = tiny_run
+    machine_paths = [config["data"]["root"], str(out), str(out.resolve())]
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".csv"):
+            text = path.read_text()
+            assert not [p for p in machine_paths if p in text], path
+
+
+def test_model_recipes_and_cells_are_keyed_by_seed_and_data(tiny_run, tmp_path, monkeypatch):
+    from snn_adv.studies.common import StudyContext
+
+    _, config, zoo, _ = tiny_run
+    variants = {
+        "seed": {"seed": 7},
+        "subset_seed": {"data": {"subset_seed": 1}},
+        "train_count": {"data": {"train_count": 100}},
+    }
+    for name, override in variants.items():
+        changed = load_config(TINY, {**override, "data": {**config["data"], **override.get("data", {})}})
+        other = ModelZoo(changed, tmp_path, progress=False)
+        for kind in ("ann", "snn_conv", "snn_bp"):
+            assert other.key(kind) != zoo.key(kind), (name, kind)
+        if name != "train_count":  # the test subset does not depend on the training subset
+            assert StudyContext("eps", changed, tmp_path).cell(x=1) != StudyContext("eps", config, tmp_path).cell(x=1)
+    # the data enters as a fingerprint of its content: other bytes, other keys
+    import snn_adv.zoo as zoo_module
+
+    monkeypatch.setattr(zoo_module, "dataset_fingerprint", lambda name, root=None: "0123456789abcdef")
+    assert ModelZoo(config, tmp_path).key("snn_bp") != zoo.key("snn_bp")
+
+
+def _write_idx_folder(folder, test_label=0):
+    """A tiny Fashion-MNIST-layout idx folder (4 gzipped files: 3 images of 28x28 per split)."""
+    import gzip
+    import struct
+
+    folder.mkdir()
+    for split, (images, labels) in {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                                    "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}.items():
+        pixels = struct.pack(">BBBBIII", 0, 0, 8, 3, 3, 28, 28) + bytes(range(256)) * 9 + bytes(3 * 784 - 2304)
+        label_bytes = struct.pack(">BBBBI", 0, 0, 8, 1, 3) + bytes([1, 2, test_label if split == "t10k" else 3])
+        (folder / f"{images}.gz").write_bytes(gzip.compress(pixels))
+        (folder / f"{labels}.gz").write_bytes(gzip.compress(label_bytes))
+    return folder
+
+
+def test_fingerprint_follows_the_content_not_the_path(tmp_path):
+    from snn_adv.data import load_tensors
+    from snn_adv.data.fingerprint import dataset_fingerprint
+
+    a, b = _write_idx_folder(tmp_path / "a"), _write_idx_folder(tmp_path / "b")
+    assert load_tensors("fashion-mnist", "test", root=a)[1].tolist() == [1, 2, 0]  # a folder the loader reads
+    assert dataset_fingerprint("fashion-mnist", a) == dataset_fingerprint("fashion-mnist", b)  # another path, same data
+    first = dataset_fingerprint("fashion-mnist", b)
+    (b / "t10k-labels-idx1-ubyte.gz").unlink()
+    _write_idx_folder(tmp_path / "c", test_label=4)
+    (tmp_path / "c" / "t10k-labels-idx1-ubyte.gz").rename(b / "t10k-labels-idx1-ubyte.gz")  # one test label changed
+    assert dataset_fingerprint("fashion-mnist", b) != first == dataset_fingerprint("fashion-mnist", a)
+
+
+def test_bad_evaluation_data_is_refused_before_any_cell(tiny_run, tmp_path, monkeypatch):
+    import snn_adv.data
+    from snn_adv.studies.common import check_evaluation_data
+
+    _, config, zoo, _ = tiny_run
+    images, labels = snn_adv.data.load_tensors("fashion-mnist-bundled", "test", count=16)
+    bad_labels = labels.clone()
+    bad_labels[3] = 200
+    monkeypatch.setattr(snn_adv.data, "load_tensors", lambda *a, **k: (images, bad_labels))
+    with pytest.raises(ValueError, match=r"label\(s\) outside \[0, 10\).*200"):
+        run_study("eps", config, tmp_path, zoo=zoo, progress=False)
+    assert not (tmp_path / "eps" / "cells").exists()  # nothing computed, nothing stored
+    for bad, match in [((images * 2, labels), r"\[0, 1\]"), ((images[:, :, :20], labels), "shape"),
+                       ((images, labels.float()), "integers"), ((images, labels[:5]), "integers")]:
+        with pytest.raises(ValueError, match=match):
+            check_evaluation_data(*bad, "fashion-mnist-bundled")
+    check_evaluation_data(images, labels, "fashion-mnist-bundled")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resumed_run_rewrites_every_output_file_byte_identically(tiny_run):
+    """A rerun of a finished study, and one after deleting some cells (so some are recomputed, some read back),
+    write the bytes of the fresh run."""
+    out, config, zoo, _ = tiny_run
+    folder = out / "timesteps"
+    before = _snapshot(folder)
+    run_study("timesteps", config, out, zoo=zoo, progress=False)
+    assert _snapshot(folder) == before
+    cells = sorted((folder / "cells").glob("*.json"))
+    for cell in cells[::2]:
+        cell.unlink()
+    run_study("timesteps", config, out, zoo=zoo, progress=False)
+    after = _snapshot(folder)
+    recomputed = {k for k in after if k.parts[0] == "cells"}
+    assert after.keys() == before.keys()
+    # recomputed cells differ only in their timing; every table, plot and check file is byte-identical
+    assert {k: v for k, v in after.items() if k not in recomputed} == {k: v for k, v in before.items() if k not in recomputed}
+    for key in recomputed:
+        a, b = json.loads(after[key]), json.loads(before[key])
+        assert (a["settings"], a["result"]) == (b["settings"], b["result"])
+
+
+def test_orphan_temporary_files_are_removed_unless_another_run_is_live(tiny_run):
+    import fcntl
+
+    out, config, zoo, _ = tiny_run
+    orphan = out / "eps" / "cells" / ".0123.json.abcd.tmp"
+    orphan.write_text("{half a cell")
+    with open(out / ".lock", "a") as live_run:  # another run holds the folder: its temporary files are not orphans
+        fcntl.flock(live_run, fcntl.LOCK_SH)
+        run_study("eps", config, out, zoo=zoo, progress=False)
+        assert orphan.is_file()
+    run_study("eps", config, out, zoo=zoo, progress=False)
+    assert not orphan.exists()
