@@ -1,14 +1,14 @@
 """The cifar10_cpu preset builds the paper's VGG5 for 3x32x32 and its recipes are arguments our training takes."""
 import inspect
 import json
-from pathlib import Path
 
 import torch.nn as nn
 
+from snn_adv.configs import PRESETS_DIR
 from snn_adv.models import build_classifier
 from snn_adv.training import train
 
-PRESET = Path(__file__).resolve().parents[1] / "experiments/configs/cifar10_cpu.json"
+PRESET = PRESETS_DIR / "cifar10_cpu.json"
 
 
 def test_preset_is_the_papers_vgg5_on_cifar10_jpeg():
