@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +116,12 @@ def test_damaged_idx_files_and_manifests_name_the_file(tmp_path):
         load_dataset("mnist", "test", root=tmp_path)
 
 
-def test_root_with_the_bundled_dataset_is_reported_as_ignored(tmp_path):
+def test_root_with_the_bundled_dataset_is_reported_as_ignored_once(tmp_path):
     with pytest.warns(UserWarning, match=r"'root' = .* is ignored: the dataset 'fashion-mnist-bundled'"):
         load_dataset("fashion-mnist-bundled", "test", root=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("fashion-mnist-bundled", "train", root=tmp_path)  # once per root and process
 
 
 def make_fake_cifar10(root: Path, n_per_batch=4, seed=0) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -98,6 +98,9 @@ def torchvision_files(name: str, directory: Path) -> List[Path]:
     return [raw / Path(url).name.removesuffix(".gz") for url, _ in tv_class.resources]
 
 
+_IGNORED_ROOTS: Set[str] = set()
+
+
 def _candidates(name: str, root: Optional[PathLike]) -> List[Path]:
     if root is not None:
         return [Path(root), Path(root) / name]
@@ -109,7 +112,8 @@ def locate(info: DatasetInfo, root: Optional[PathLike] = None) -> Source:
     message. For torchvision's layout the files are not checked here (torchvision does it, and may download)."""
     name = info.name
     if name == "fashion-mnist-bundled":
-        if root is not None:
+        if root is not None and str(root) not in _IGNORED_ROOTS:
+            _IGNORED_ROOTS.add(str(root))  # said once per root and process, not for every cell
             warnings.warn(f"argument 'root' = {str(root)!r} is ignored: the dataset 'fashion-mnist-bundled' is read from the "
                           "package", stacklevel=3)
         if not bundled_path().is_file():
