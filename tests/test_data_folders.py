@@ -2,6 +2,7 @@
 archives written here with PIL and tarfile, decoded again with PIL directly; hash checks, the decode cache, the
 errors that name their file, and content fingerprints."""
 import hashlib
+import json
 import io
 import tarfile
 import warnings
@@ -272,3 +273,25 @@ def test_real_cifar10_jpeg_test_split():
             assert torch.equal(x[index], torch.from_numpy(want).permute(2, 0, 1))
             assert int(y[index]) == CIFAR10_CLASSES.index(name.split("/")[1])
     assert dataset_fingerprint("cifar10-jpeg", SHARED_JPEG) == dataset_fingerprint("cifar10-jpeg", SHARED_JPEG)
+
+
+def test_every_model_command_runs_on_a_users_image_folder(tmp_path, capsys):
+    from snn_adv.cli import main
+
+    write_tree(tmp_path / "data", ("a", "b"), {"train": 6, "test": 4}, size=None, fmt="PNG")
+    spec = {"name": "imagefolder", "classes": ["a", "b"], "input_size": 8, "mean": [0.4, 0.5, 0.6], "std": 0.25}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    common = ["--data-root", str(tmp_path / "data"), "--no-progress"]
+    paths = [tmp_path / f"{name}.pt" for name in ("ann", "conv", "bp")]
+    assert main(["train-ann", "--arch", "vgg-tiny", "--epochs", "1", "--dataset", str(tmp_path / "spec.json"),
+                 "--out", str(paths[0]), *common]) == 0
+    assert main(["convert", str(paths[0]), "--timesteps", "4", "--calibration-images", "12", "--out", str(paths[1]),
+                 *common]) == 0
+    assert main(["train-snn", str(paths[1]), "--timesteps", "2", "--epochs", "1", "--out", str(paths[2]), *common]) == 0
+    for path in paths:
+        model = checkpoints.load(path)
+        assert dataset_info(model.arch["dataset"]) == dataset_info(spec) and model.input_size == (8, 8)
+    assert "test_accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train-ann", "--dataset", '{"name": "imagefolder", "input_size": 8}', "--out", str(tmp_path / "x.pt")])
+    assert "needs 'classes'" in capsys.readouterr().err

@@ -29,6 +29,7 @@ __all__ = [
     "dataset_info",
     "default_data_root",
     "image_folder",
+    "parse_dataset_spec",
     "where_to_put",
 ]
 
@@ -145,6 +146,23 @@ def dataset_info(dataset: DatasetSpec) -> DatasetInfo:
         raise ValueError("argument 'dataset' = 'imagefolder': give the spec dict {'name': 'imagefolder', 'classes': [...], "
                          "'input_size': ..., 'mean': [...], 'std': [...]} or snn_adv.data.image_folder(root, ...)")
     return DATASETS[check_choice("dataset", dataset, DATASETS)]
+
+
+def parse_dataset_spec(text: str) -> DatasetSpec:
+    """A dataset spec from a command-line value: a registered name, an image-folder spec as a JSON object, or the
+    path of a ``.json`` file holding one (validated with :func:`dataset_info`)."""
+    import json
+
+    stripped = text.strip()
+    if stripped.startswith("{") or stripped.endswith(".json"):
+        source = "JSON" if stripped.startswith("{") else f"file {stripped!r}"
+        try:
+            spec = json.loads(stripped if stripped.startswith("{") else Path(stripped).read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"argument 'dataset' = {text!r}: cannot read the {source} ({error})") from error
+        dataset_info(spec)
+        return spec
+    return dataset_info(text).name
 
 
 def image_folder(
