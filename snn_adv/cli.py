@@ -183,14 +183,23 @@ def _train_snn(args: argparse.Namespace) -> int:
 
 
 def _add_model_commands(commands) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, parse_dataset_spec
     from .models import ARCHITECTURES
     from .conversion import METHODS
 
+    def dataset_arg(text: str):
+        try:
+            return parse_dataset_spec(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
     def data_options(p: argparse.ArgumentParser, dataset: bool, subset: bool = True) -> None:
         if dataset:
-            p.add_argument("--dataset", default="fashion-mnist-bundled", choices=sorted(DATASETS),
-                           help="dataset (default %(default)s: the Fashion-MNIST subset shipped with snn-adv, offline)")
+            p.add_argument("--dataset", default="fashion-mnist-bundled", type=dataset_arg, metavar="DATASET",
+                           help=f"one of {', '.join(sorted(DATASETS))} (default %(default)s: the Fashion-MNIST subset "
+                                "shipped with snn-adv, offline), or your image folder (--data-root DIR) as a JSON spec "
+                                "or .json file: {\"name\": \"imagefolder\", \"classes\": [...], \"input_size\": 64, "
+                                "\"mean\": [...], \"std\": [...]}")
         p.add_argument("--data-root", default=None, help="dataset folder; unset: $SNN_ADV_DATA or ~/.cache/snn-adv/datasets")
         p.add_argument("--download", action="store_true", help="download the dataset through torchvision if missing")
         if subset:

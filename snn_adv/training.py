@@ -26,7 +26,7 @@ from .classifier import ImageClassifier
 from .progress import describe, log, progress as progress_bar
 from .validation import check_choice, check_positive, check_positive_int
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "evaluate_clean", "seed_everything", "train", "train_ann", "train_snn"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "evaluate_clean", "lr_factor", "seed_everything", "train", "train_ann", "train_snn"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -64,20 +64,28 @@ def evaluate_clean(model: ImageClassifier, loader: Iterable, max_batches: Option
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
-def _optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(params, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.Optimizer:
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if nesterov:
+        raise ValueError("argument 'nesterov' = True: only for optimizer 'sgd'")
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: cosine to 0 over ``epochs``; step: x0.1 at 50 % and 75 % of the epochs."""
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "step":
-        milestones = sorted({max(1, int(epochs * 0.5)), max(1, int(epochs * 0.75))})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0) -> float:
+    """Multiplier of the base lr in epoch ``epoch`` (0-based): a linear warm-up ``(epoch + 1) / (warmup_epochs + 1)``
+    for the first ``warmup_epochs``, then over the remaining ``R = epochs - warmup_epochs`` epochs (``e`` counted
+    from the end of the warm-up): cosine ``(1 + cos(pi e / R)) / 2``; step: x0.1 at 50 % and x0.01 at 75 % of ``R``;
+    constant 1."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    e, remaining = epoch - warmup_epochs, epochs - warmup_epochs
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * e / remaining))
+    if schedule == "step":
+        milestones = sorted({max(1, int(remaining * 0.5)), max(1, int(remaining * 0.75))})
+        return 0.1 ** sum(e >= m for m in milestones)
+    return 1.0
 
 
 def train(
@@ -90,6 +98,8 @@ def train(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     schedule: str = "cosine",
+    nesterov: bool = False,
+    warmup_epochs: int = 0,
     seed: int = 0,
     micro_batch: Optional[int] = None,
     max_batches: Optional[int] = None,
@@ -99,7 +109,9 @@ def train(
     """Train ``model`` in place with cross-entropy on its logits; returns one record per epoch
     ``{epoch, lr, train_loss, train_accuracy, test_loss, test_accuracy}`` (test entries when ``test_loader``).
 
-    :param optimizer: ``'sgd'`` (with ``momentum``) or ``'adam'``; ``schedule``: ``'cosine'``, ``'step'``, ``'constant'``.
+    :param optimizer: ``'sgd'`` (with ``momentum``, Nesterov's if ``nesterov``) or ``'adam'``.
+    :param schedule: per-epoch lr schedule ``'cosine'``, ``'step'`` or ``'constant'`` after ``warmup_epochs`` of
+        linear warm-up (:func:`lr_factor`).
     :param seed: seeds the global generators first (dropout, augmentation, unseeded Poisson draws).
     :param micro_batch: split each batch into pieces of this size and accumulate gradients (bounds BPTT memory).
     :param max_batches: stop each epoch after this many batches (quick runs).
@@ -112,11 +124,13 @@ def train(
     if weight_decay < 0:
         raise ValueError(f"argument 'weight_decay' = {weight_decay}: must be >= 0")
     micro_batch = check_positive_int("micro_batch", micro_batch) if micro_batch is not None else None
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
+        raise ValueError(f"argument 'warmup_epochs' = {warmup_epochs!r}: must be an integer in [0, epochs - 1] = [0, {epochs - 1}]")
     seed_everything(seed)
     device = _device_of(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, optimizer, lr, momentum, weight_decay)
-    sched = _scheduler(opt, schedule, epochs)
+    opt = _optimizer(params, optimizer, lr, momentum, weight_decay, bool(nesterov))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, schedule, epochs, warmup_epochs))
     history: List[Dict[str, float]] = []
     if progress:
         log(f"train {describe(model)} (seed {seed}): {epochs} epochs, {optimizer} lr {lr:g}")

@@ -133,15 +133,21 @@ class ModelZoo:
         self.config = config
         self.cache_dir = Path(cache_dir)
         self.progress = progress
-        self._memo: Dict[Tuple[str, str], ImageClassifier] = {}
+        self._memo: Dict[Tuple[str, str, str], ImageClassifier] = {}
         self._data_recipe: Optional[Dict[str, Any]] = None
 
-    def recipe(self, kind: str, role: str = "main") -> Dict[str, Any]:
-        """Everything that determines the weights of ``(kind, role)`` (nested: SNN-BP <- SNN-conv <- ANN)."""
+    def recipe(self, kind: str, role: str = "main", **overrides: Any) -> Dict[str, Any]:
+        """Everything that determines the weights of ``(kind, role)`` (nested: SNN-BP <- SNN-conv <- ANN).
+
+        ``overrides`` replace keys of the kind's own section (e.g. an SNN-BP trained at another ``timesteps`` or
+        ``leak`` from the same converted network); the recipes it starts from are unchanged.
+        """
         check_choice("kind", kind, KINDS)
         check_choice("role", role, ROLES)
         models = self.config["models"]
-        recipe = {"kind": kind, **models[kind]}
+        for key in overrides:
+            check_choice(f"override of models.{kind}", key, models[kind])
+        recipe = {"kind": kind, **models[kind], **overrides}
         if kind == "ann":
             if self._data_recipe is None:
                 self._data_recipe = data_recipe(self.config["data"])
@@ -151,22 +157,24 @@ class ModelZoo:
             recipe["from"] = self.recipe("ann" if kind == "snn_conv" else "snn_conv", role)
         return recipe
 
-    def key(self, kind: str, role: str = "main") -> str:
+    def key(self, kind: str, role: str = "main", **overrides: Any) -> str:
         """Short id of a model's recipe (part of every cell's settings, so a new recipe means new cells)."""
-        return cell_key(self.recipe(kind, role))
+        return cell_key(self.recipe(kind, role, **overrides))
 
-    def path(self, kind: str, role: str = "main") -> Path:
-        return self.cache_dir / f"{kind}-{role}-{self.key(kind, role)}.pt"
+    def path(self, kind: str, role: str = "main", **overrides: Any) -> Path:
+        return self.cache_dir / f"{kind}-{role}-{self.key(kind, role, **overrides)}.pt"
 
-    def get(self, kind: str, role: str = "main") -> ImageClassifier:
-        """The trained model (in eval mode): memoised, else loaded from the cache, else trained and cached."""
-        if (kind, role) in self._memo:
-            return self._memo[(kind, role)]
-        path = self.path(kind, role)
+    def get(self, kind: str, role: str = "main", **overrides: Any) -> ImageClassifier:
+        """The trained model (in eval mode): memoised, else loaded from the cache, else trained and cached.
+        ``overrides``: see :meth:`recipe` (an override equal to the section's value changes nothing)."""
+        memo = (kind, role, self.key(kind, role, **overrides))
+        if memo in self._memo:
+            return self._memo[memo]
+        path = self.path(kind, role, **overrides)
         if path.is_file():
             model = checkpoints.load(path)
         else:
-            recipe = self.recipe(kind, role)
+            recipe = self.recipe(kind, role, **overrides)
             seed = derive_seed(self.config["seed"], cell_key(recipe))
             seed_everything(seed)
             data = self.config["data"]
@@ -179,13 +187,15 @@ class ModelZoo:
             if dist_info().is_main:
                 checkpoints.save(model, path, recipe=recipe)
         model.eval()
-        self._memo[(kind, role)] = model
+        self._memo[memo] = model
         return model
 
-    def variant(self, kind: str, role: str = "main", **knobs: Any) -> ImageClassifier:
+    def variant(self, kind: str, role: str = "main", train: Optional[Mapping[str, Any]] = None,
+                **knobs: Any) -> ImageClassifier:
         """An independent copy of a model with SNN knobs changed (:func:`apply_knobs`: ``timesteps``, ``levels``,
-        ``quantise``, ``rate``, ``leak``). ANNs ignore the knobs (they have none)."""
-        model = copy.deepcopy(reset(self.get(kind, role)))
+        ``quantise``, ``rate``, ``leak``). ANNs ignore the knobs (they have none). ``train``: recipe overrides of
+        the model to copy (:meth:`get`), e.g. ``{"timesteps": 4}`` for an SNN-BP trained at T = 4."""
+        model = copy.deepcopy(reset(self.get(kind, role, **(train or {}))))
         if isinstance(model, SpikingClassifier):
             apply_knobs(model, **knobs)
         return model

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from snn_adv.data import (DATASETS, dataset_info, load_dataset, load_tensors, make_loader, read_idx,
-                          stratified_indices)
+                          stratified_indices, where_to_put)
 
-SHARED_FMNIST = Path(__file__).resolve().parents[2] / "shared/datasets/fashion-mnist"
+SHARED_FMNIST = next((p / "shared/datasets/fashion-mnist" for p in Path(__file__).resolve().parents
+                      if (p / "shared/datasets/fashion-mnist").is_dir()), Path("/nonexistent"))
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -91,6 +93,37 @@ def test_local_idx_directory_is_a_source_and_checksums_are_verified(tmp_path):
         load_dataset("mnist", "test", root=tmp_path)
 
 
+def test_damaged_idx_files_and_manifests_name_the_file(tmp_path):
+    make_idx_dir(tmp_path / "mnist")
+    images = tmp_path / "mnist/t10k-images-idx3-ubyte.gz"
+    good = images.read_bytes()
+    images.write_bytes(gzip.decompress(good))  # not gzip, though named .gz
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is not a complete gzip file"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(good[: len(good) // 2])  # a cut-off download
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is not a complete gzip file"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(gzip.compress(gzip.decompress(good)[:-3]))  # complete gzip, cut-off idx
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz' is truncated"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(good)
+    sums = tmp_path / "mnist/SHA256SUMS"
+    sums.write_text("d41d8cd98f00b204e9800998ecf8427e  t10k-images-idx3-ubyte.gz\n")  # an md5 is not a sha256
+    with pytest.raises(ValueError, match=r"SHA256SUMS' line 1 is not '<64 hex digits>  <file name>'"):
+        load_dataset("mnist", "test", root=tmp_path)
+    sums.write_text(f"{hashlib.sha256(good).hexdigest()}  t10k-images-idx3-ubyte.gz\n")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz' is not listed in"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_root_with_the_bundled_dataset_is_reported_as_ignored_once(tmp_path):
+    with pytest.warns(UserWarning, match=r"'root' = .* is ignored: the dataset 'fashion-mnist-bundled'"):
+        load_dataset("fashion-mnist-bundled", "test", root=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("fashion-mnist-bundled", "train", root=tmp_path)  # once per root and process
+
+
 def make_fake_cifar10(root: Path, n_per_batch=4, seed=0) -> np.ndarray:
     """The python-pickle layout torchvision's CIFAR10 reads: data rows are 3x32x32 uint8 in CHW order."""
     rng = np.random.default_rng(seed)
@@ -124,35 +157,47 @@ def test_cifar10_from_a_local_folder_without_network(tmp_path, no_cifar_md5):
     assert image.shape == (3, 32, 32) and 0 <= image.min() and image.max() <= 1
 
 
-def _is_crop_flip_of(augmented: torch.Tensor, original: torch.Tensor, pad: int, flip: bool) -> bool:
+def _crop_flip_shift(augmented: torch.Tensor, original: torch.Tensor, pad: int, flip: bool):
+    """The (dy, dx) shift of the padded crop (of the flipped image, when ``flip``) equal to ``augmented``, or None."""
     size = original.shape[-1]
     for candidate in (original, original.flip(-1)) if flip else (original,):
         padded = torch.nn.functional.pad(candidate, (pad,) * 4)
         for dy in range(2 * pad + 1):
             for dx in range(2 * pad + 1):
                 if torch.equal(padded[..., dy:dy + size, dx:dx + size], augmented):
-                    return True
-    return False
+                    return dy - pad, dx - pad
+    return None
+
+
+def assert_crop_flip_augmentation(plain, augmented, pad: int = 4) -> None:
+    """Every augmented image is a crop with padding ``pad`` (flipped or not) of its original; the crops vary, and
+    the largest shift seen is ``pad`` (a smaller padding would never shift that far)."""
+    torch.manual_seed(0)
+    shifts = []
+    for i in range(len(plain)):
+        shift = _crop_flip_shift(augmented[i][0], plain[i][0], pad=pad, flip=True)
+        assert shift is not None, f"image {i} is no padded crop or flip of its original"
+        shifts.append(shift)
+    assert sum(s != (0, 0) for s in shifts) >= len(plain) // 2  # P(no shift) = 1/81 per image
+    assert max(max(abs(dy), abs(dx)) for dy, dx in shifts) == pad  # P(all within pad-1) = (49/81)^N
 
 
 def test_cifar_augmentation_is_a_padded_crop_and_flip(tmp_path, no_cifar_md5):
     make_fake_cifar10(tmp_path)
     plain = load_dataset("cifar10", "train", root=tmp_path, augment=False)
-    augmented = load_dataset("cifar10", "train", root=tmp_path)
-    torch.manual_seed(0)
-    changed = 0
-    for i in range(len(plain)):
-        a, o = augmented[i][0], plain[i][0]
-        assert _is_crop_flip_of(a, o, pad=4, flip=True)
-        changed += not torch.equal(a, o)
-    assert changed >= len(plain) // 2  # P(identity) = 1/162 per image
+    assert_crop_flip_augmentation(plain, load_dataset("cifar10", "train", root=tmp_path))
 
 
 def test_offline_without_data_says_where_to_put_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=True"):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=True \(--download\)"):
         load_dataset("cifar10", "test", root=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*fashion-mnist-bundled"):
+    with pytest.raises(FileNotFoundError) as error:
         load_dataset("fashion-mnist", "test", root=tmp_path)
+    message = str(error.value)  # the one message: where it looked, the layout, how to point at it, how to download
+    assert message == where_to_put("fashion-mnist", tmp_path, "not found (or corrupt)")
+    for part in (str(tmp_path), "train-images-idx3-ubyte.gz", "DIR/fashion-mnist", "--data-root DIR", "SNN_ADV_DATA",
+                 "download=True (--download)", "fashion-mnist-bundled"):
+        assert part in message
 
 
 def test_loader_order_is_seeded_and_subset_stratified():

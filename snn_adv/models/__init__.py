@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
 from ..classifier import AnnClassifier, ImageClassifier, SpikingClassifier
-from ..data import dataset_info
+from ..data import DatasetSpec, dataset_info
 from ..encoding import Encoder, build_encoder
 from ..validation import check_choice
 from .folding import fold_batchnorm
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-def vgg_tiny(in_channels: int = 1, num_classes: int = 10, input_size: int = 28, **kwargs) -> nn.Sequential:
+def vgg_tiny(in_channels: int = 1, num_classes: int = 10, input_size: Union[int, Tuple[int, int]] = 28, **kwargs) -> nn.Sequential:
     """conv8-avgpool-conv16-avgpool-fc64-fc64-fc(K): a seconds-to-train model for tests and CPU demos."""
     kwargs.setdefault("fc_dropout", 0.0)
     return make_vgg([8, "A", 16, "A"], kwargs.pop("hidden", 64), in_channels, num_classes, input_size, **kwargs)
@@ -53,16 +53,17 @@ ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {"vgg5": vgg5, "vgg11": vgg
 KINDS = ("ann", "snn")
 
 
-def build_body(arch: str, dataset: str, **arch_kwargs: Any) -> nn.Module:
-    """The ANN body of ``arch`` sized for ``dataset`` (channels, classes, input size)."""
+def build_body(arch: str, dataset: DatasetSpec, **arch_kwargs: Any) -> nn.Module:
+    """The ANN body of ``arch`` sized for ``dataset`` (channels, classes, input size; a name, an image-folder spec
+    or a :class:`~snn_adv.data.DatasetInfo`)."""
     info = dataset_info(dataset)
     factory = ARCHITECTURES[check_choice("arch", arch, ARCHITECTURES)]
-    return factory(in_channels=info.in_channels, num_classes=info.num_classes, input_size=info.input_size[0], **arch_kwargs)
+    return factory(in_channels=info.in_channels, num_classes=info.num_classes, input_size=info.input_size, **arch_kwargs)
 
 
 def build_classifier(
     arch: str,
-    dataset: str,
+    dataset: DatasetSpec,
     kind: str = "ann",
     timesteps: int = 100,
     leak: float = 1.0,
@@ -75,13 +76,15 @@ def build_classifier(
     """A fresh classifier of ``kind`` ``'ann'`` or ``'snn'`` (the twin of the ANN body: ``leak`` 1 for SNN-conv,
     0.99 for SNN-BP; ``thresholds`` one per neuron layer; default encoder: Poisson).
 
-    ``classifier.arch`` = ``{"name", "dataset", "kwargs"}``: with the weights, all a checkpoint needs.
+    ``dataset``: a dataset name, a user's image-folder spec or :class:`~snn_adv.data.DatasetInfo` (its
+    normalisation, channels, size and classes size the model). ``classifier.arch`` = ``{"name", "dataset",
+    "kwargs"}`` (``dataset`` as its JSON spec): with the weights, all a checkpoint needs.
     """
     check_choice("kind", kind, KINDS)
     info = dataset_info(dataset)
     body = build_body(arch, dataset, **arch_kwargs)
     common = dict(mean=info.mean, std=info.std, in_channels=info.in_channels, input_size=info.input_size,
-                  arch={"name": arch, "dataset": dataset, "kwargs": dict(arch_kwargs)})
+                  arch={"name": arch, "dataset": info.spec(), "kwargs": dict(arch_kwargs)})
     if kind == "ann":
         return AnnClassifier(body, **common)
     return SpikingClassifier(spiking_twin(body, leak=leak, thresholds=thresholds, backend=backend),

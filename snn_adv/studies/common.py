@@ -253,6 +253,17 @@ def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Sweeps (timesteps, leak, eps)
 # --------------------------------------------------------------------------------------------------------------
+def trained_per_point(section: Mapping[str, Any], kind: str, **recipe: Any) -> Dict[str, Any]:
+    """The recipe overrides of a sweep point's model: ``recipe`` (e.g. ``timesteps``, ``leak``) for an SNN-BP when
+    the section's ``retrain`` is true (the default: a separate SNN-BP trained at each point), else none (the knob
+    is changed on the one trained network)."""
+    retrain = section.get("retrain", True)
+    if not isinstance(retrain, bool):
+        raise ValueError(f"config key 'retrain' = {retrain!r}: must be true (train an SNN-BP at each point) or false "
+                         "(change the knob on one trained network)")
+    return dict(recipe) if retrain and kind == "snn_bp" else {}
+
+
 #: an axis of a sweep along which points are compared: settings -> (group, point label); the points of one group
 #: differ only along the axis, and each is compared with the group's first point (in grid order)
 Axis = Callable[[Mapping[str, Any]], Tuple[Hashable, str]]
@@ -271,9 +282,10 @@ def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tup
 def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: Callable[[Mapping], float],
           series_of: Callable[[Mapping], str], title: str, axes: Sequence[Axis] = (), xscale: str = "linear",
           xticks=None, x_is_eps: bool = False) -> str:
-    """Run a grid of whitebox/blackbox cells ``{"kind", "knobs", "attack", "mode"}``; tabulate (accuracies with
-    intervals), compare along each of ``axes`` with paired tests, check (whitebox not weaker than transfer; with
-    ``x_is_eps``, accuracy falls with eps) and plot them."""
+    """Run a grid of whitebox/blackbox cells ``{"kind", "knobs", "attack", "mode", ["train"]}``; tabulate
+    (accuracies with intervals), compare along each of ``axes`` with paired tests, check (whitebox not weaker than
+    transfer; with ``x_is_eps``, accuracy falls with eps) and plot them. ``train``: recipe overrides of the target
+    model (:meth:`snn_adv.zoo.ModelZoo.get`); ``knobs``: changed on it at evaluation (:func:`snn_adv.zoo.apply_knobs`)."""
     from .. import plots
     from ..attack_specs import attack_label
     from ..cells import cell_key
@@ -283,12 +295,15 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
 
     zoo = ctx.zoo
     source_kind = ctx.section.get("blackbox_source", "ann")
-    cells = [ctx.cell(kind=g["kind"], model=zoo.key(g["kind"]), knobs=g.get("knobs", {}), attack=g["attack"],
-                      mode=g["mode"], source=zoo.key(source_kind, "source") if g["mode"] == "blackbox" else None)
+    per_point = any("train" in g for g in grid)  # a sweep that can train a model per point says how each was trained
+    cells = [ctx.cell(kind=g["kind"], model=zoo.key(g["kind"], **g.get("train", {})), knobs=g.get("knobs", {}),
+                      attack=g["attack"], mode=g["mode"],
+                      source=zoo.key(source_kind, "source") if g["mode"] == "blackbox" else None,
+                      **({"trained_at": g["train"]} if g.get("train") else {}))
              for g in grid]
 
     def compute(settings: Mapping[str, Any]) -> Dict[str, Any]:
-        target = zoo.variant(settings["kind"], "main", **settings["knobs"])
+        target = zoo.variant(settings["kind"], "main", train=settings.get("trained_at"), **settings["knobs"])
         # the blackbox source keeps its own settings: the perturbation is independent of the target's knobs
         source = zoo.get(source_kind, "source") if settings["mode"] == "blackbox" else None
         return ctx.evaluate({"target": target}, settings["attack"], source)
@@ -297,7 +312,8 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
     rows, results = [], []
     for record in records:
         s, result = record["settings"], results_of(record)["target"]
-        rows.append({"model": LABELS[s["kind"]], **{k: v for k, v in s["knobs"].items() if k != "quantise"},
+        trained = {"trained": "at this point" if s.get("trained_at") else "once"} if per_point else {}
+        rows.append({"model": LABELS[s["kind"]], **trained, **{k: v for k, v in s["knobs"].items() if k != "quantise"},
                      "attack": attack_label(s["attack"]), "eps": s["attack"].get("eps", 0.0), "mode": s["mode"],
                      "x": x_of(s), "series": series_of(s), **interval_columns(result, "clean", "clean"),
                      **adversarial_columns(record, result, "adversarial"), "n_images": result.n,

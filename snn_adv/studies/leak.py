@@ -1,10 +1,19 @@
-"""Study ``leak``: adversarial accuracy against the LIF leak factor at fixed T (1.0 = IF neuron; the leak is
-changed on one trained network). Paired comparisons: each leak against the first of the section."""
+"""Study ``leak``: adversarial accuracy against the LIF leak factor at fixed T (1.0 = IF neuron).
+
+Two methods, chosen by the section's ``retrain`` (default true):
+
+- ``retrain: true`` (the paper's): a separate SNN-BP is trained at each leak (at the section's ``timesteps``, or
+  the recipe's T) from the same converted network.
+- ``retrain: false``: the leak is changed on the one SNN-BP trained at the recipe's leak.
+
+Blackbox examples come from the section's ``blackbox_source`` (default: the separately trained ANN), the same for
+every point. Paired comparisons: each leak against the first of the section.
+"""
 from __future__ import annotations
 
 from ..attack_specs import attack_label
 from ..zoo import LABELS
-from .common import StudyContext, sweep
+from .common import StudyContext, sweep, trained_per_point
 
 __all__ = ["run"]
 
@@ -12,7 +21,8 @@ __all__ = ["run"]
 def run(ctx: StudyContext) -> str:
     section = ctx.section
     fixed_t = {"timesteps": section["timesteps"]} if "timesteps" in section else {}
-    grid = [{"kind": kind, "knobs": {"leak": leak, **fixed_t}, "attack": attack, "mode": mode}
+    grid = [{"kind": kind, "train": trained_per_point(section, kind, leak=leak, **fixed_t),
+             "knobs": {"leak": leak, **fixed_t}, "attack": attack, "mode": mode}
             for kind in section["kinds"] for leak in section["leaks"] for attack in section["attacks"]
             for mode in attack.get("study_modes", section["modes"])]
     axis = lambda s: ((s["kind"], s["mode"], attack_label(s["attack"])), f"leak {s['knobs']['leak']:g}")  # noqa: E731
