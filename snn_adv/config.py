@@ -180,6 +180,22 @@ def _gradient_modes() -> Sequence[str]:
     return list(GRADIENT_MODES)
 
 
+@dataclass(frozen=True)
+class DatasetValue:
+    """A dataset: a registered name, or an image-folder spec object (checked by :func:`snn_adv.data.dataset_info`)."""
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        if not isinstance(value, dict):
+            Value("str", choices=_datasets).check(value, path, problems)
+            return
+        from .data import dataset_info
+
+        try:
+            dataset_info(value)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{_show(path, value)}: {error}")
+
+
 INT = Value("int")
 POSITIVE_INT = Value("int", minimum=1)
 COUNT = Value("int", minimum=1, nullable=True)  # a number of images; null: all
@@ -211,7 +227,8 @@ KINDS = ListOf(KIND, unique=True)
 #: keys of :func:`snn_adv.training.train` a model recipe may set (the model zoo sets seed and progress itself)
 _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
              "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
-             "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT}
+             "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT,
+             "nesterov": FLAG, "warmup_epochs": Value("int", minimum=0)}
 
 _TEST_COUNT = {"test_count": COUNT}
 STUDY_SECTIONS: Dict[str, Section] = {
@@ -220,10 +237,10 @@ STUDY_SECTIONS: Dict[str, Section] = {
                       required=("attacks",)),
     "timesteps": Section({**_TEST_COUNT, "kinds": KINDS, "timesteps": ListOf(POSITIVE_INT, unique=True),
                           "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACKS,
-                          "blackbox_source": KIND},
+                          "blackbox_source": KIND, "retrain": FLAG},
                          required=("kinds", "timesteps", "levels", "modes", "attacks")),
     "leak": Section({**_TEST_COUNT, "kinds": KINDS, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
-                     "modes": ListOf(MODE, unique=True), "attacks": ATTACKS, "blackbox_source": KIND},
+                     "modes": ListOf(MODE, unique=True), "attacks": ATTACKS, "blackbox_source": KIND, "retrain": FLAG},
                     required=("kinds", "leaks", "modes", "attacks")),
     "eps": Section({**_TEST_COUNT, "kinds": KINDS, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
                     "attacks": ATTACKS}, required=("kinds", "eps_255", "attacks")),
@@ -250,13 +267,16 @@ def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[st
     models were trained for it (a lower bound of the need: see :func:`snn_adv.validation.check_fits_in_memory`)."""
     import torch
 
-    from .data import DATASETS
+    from .data import dataset_info
     from .validation import check_fits_in_memory
 
-    info = DATASETS.get(config.get("data", {}).get("dataset")) if isinstance(config.get("data"), dict) else None
     batch = config.get("eval_batch_size")
-    if info is None or not isinstance(batch, int):
+    try:
+        info = dataset_info(config["data"]["dataset"])
+    except (KeyError, TypeError, ValueError):
         return  # reported by the schema
+    if not isinstance(batch, int):
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for where, timesteps in _timesteps_of(config):
         try:
@@ -272,7 +292,7 @@ SCHEMA = Section({
     "seed": INT,
     "eval_seeds": ListOf(INT, unique=True),
     "eval_batch_size": POSITIVE_INT,
-    "data": Section({"dataset": Value("str", choices=_datasets), "root": Value("str", nullable=True),
+    "data": Section({"dataset": DatasetValue(), "root": Value("str", nullable=True),
                      "train_count": COUNT, "test_count": COUNT, "subset_seed": INT}, required=("dataset",)),
     "models": Section({
         "arch": Value("str", choices=_architectures),
