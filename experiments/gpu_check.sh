@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU path in one run (< 8 min on one H100/H200): GPU-marked tests, the CUDA benchmark (torch backend, CuPy
-# backend, T ANN steps at T = 8, 16, 100: speed and peak memory) and a short end-to-end run. Writes 5 files:
+# backend, T ANN steps at T = 8, 16, 100: speed and peak memory) and a short end-to-end run. Writes 5-6 files:
 #   OUTDIR/summary.md       device, versions, test summary, benchmark table, end-to-end table, seconds per step
 #   OUTDIR/tests.log        pytest -m gpu output
 #   OUTDIR/benchmark.json   benchmark result (experiments/benchmark.py --out)
 #   OUTDIR/benchmark.log    benchmark output (progress and table)
 #   OUTDIR/end_to_end.log   end-to-end run output
+#   OUTDIR/cifar10_cpu.tgz  the CIFAR-10 studies' results (when the data is there)
 #
 # usage: experiments/gpu_check.sh [OUTDIR] [--dry-run]      (OUTDIR default experiments/results/gpu)
 #   --dry-run: every step at tiny size on CPU (to check the script where there is no GPU)
@@ -85,9 +86,30 @@ step_benchmark() {
   tail -n 8 "$OUT/benchmark.log" | grep -v '^{'
 }
 
-# The end-to-end step, one function: today the Fashion-MNIST quickstart (on CUDA when present: the study runner
-# puts models on the available GPU). A CIFAR-10 preset may replace it here.
+# The end-to-end step, one function: the robustness and strong studies of the CIFAR-10 (JPEG copy) preset
+# `cifar10_cpu` when its archives are in CIFAR_ROOT (default .carry/cifar10-jpeg, a git-ignored folder carried to the
+# GPU machine), within the time left before BUDGET seconds; else the Fashion-MNIST quickstart. The studies' results
+# (no trained models) are packed into OUTDIR/cifar10_cpu.tgz: cells are resumable, so a cut run keeps what finished.
+# A dry run does the same at seconds scale (tiny recipes, 40 test images) on CPU.
+CIFAR_ROOT=${CIFAR_ROOT:-.carry/cifar10-jpeg}
+BUDGET=${BUDGET:-480}
 step_end_to_end() {
+  if [[ -f "$CIFAR_ROOT/SHA256SUMS" ]]; then
+    local dir=/tmp/snn-adv-gpu-check-cifar10 left=$((BUDGET * SLOW - (SECONDS - START)))
+    local tiny=()
+    [[ $DRY == 1 ]] && tiny=(--set models.ann.epochs=1 --set models.ann.train_count=200 --set models.ann.warmup_epochs=0
+      --set models.snn_conv.timesteps=4 --set models.snn_conv.calibration_count=50 --set models.snn_bp.train_count=100
+      --set models.snn_bp.timesteps=2 --set studies.robustness.test_count=40 --set studies.strong.test_count=20)
+    say "end to end: CIFAR-10 (JPEG copy) preset cifar10_cpu, robustness and strong, ${left}s left"
+    timeout "$left" "$PY" -m snn_adv.cli study robustness strong --config cifar10_cpu --out "$dir" --data-root "$CIFAR_ROOT" \
+      "${tiny[@]}" >"$OUT/end_to_end.log" 2>&1
+    local rc=$?
+    { echo; echo "## end to end: cifar10_cpu robustness and strong (exit $rc; 124: cut at the time budget)"; echo;
+      cat "$dir/robustness/table.md" 2>/dev/null; echo; cat "$dir/strong/table.md" 2>/dev/null; } >>"$SUMMARY"
+    tar -czf "$OUT/cifar10_cpu.tgz" -C "$dir" --exclude=models . 2>/dev/null
+    tail -n 3 "$OUT/end_to_end.log"
+    return
+  fi
   say "end to end: quickstart"
   local dir=/tmp/snn-adv-gpu-check-quickstart
   rm -rf "$dir"

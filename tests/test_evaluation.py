@@ -13,7 +13,7 @@ from snn_adv.attacks import FGSM, PGD, WorstCase, gradient_mode_ensemble
 from snn_adv.encoding import fixed_noise
 from snn_adv.evaluation import EvaluationResult, evaluate
 from snn_adv.stats import compare
-from snn_adv.study import derive_seed
+from snn_adv.seeds import derive_seed
 
 
 def reference_loop(targets, x, y, make_members, crafting, *, seed, scoring_seeds, batch_size):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from snn_adv import checkpoints
-from snn_adv.cells import load_config
+from snn_adv.config import load_config
 from snn_adv.configs import config_path
 from snn_adv.studies import run_study
 from snn_adv.zoo import ModelZoo
