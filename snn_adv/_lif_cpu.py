@@ -185,8 +185,16 @@ def kernel_build_key() -> str:
 def _build() -> object:
     """Compile (once per build key, under an exclusive file lock) or load the extension."""
     import fcntl
+    import logging
 
-    from torch.utils.cpp_extension import load_inline
+    # importing cpp_extension logs "No CUDA runtime is found" on a CPU-only machine: irrelevant to a CPU kernel
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load_inline
+    finally:
+        cpp_logger.setLevel(level)
 
     name = f"snn_adv_lif_cpu_{kernel_build_key()}"
     build_dir = kernel_cache_dir() / name

@@ -24,9 +24,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .io import PathLike, atomic_write, atomic_write_json, provenance
+from .progress import log, progress as progress_bar
 from .seeds import canonical_json, derive_seed
 from .training import seed_everything
 
@@ -138,7 +138,7 @@ def run_cells(
         raise ValueError(f"argument 'cells': {len(keys) - len(set(keys))} duplicate cell(s) in study '{desc}'")
     records: List[Dict[str, Any]] = []
     done = 0
-    bar = tqdm(cells, desc=desc, unit="cell", disable=not progress, leave=False)
+    bar = progress_bar(cells, desc, unit="cell", enabled=None if progress else False)
     for settings, key in zip(bar, keys):
         record = store.load(settings)
         if record is None:
@@ -146,8 +146,11 @@ def run_cells(
             seed_everything(cell_seed)
             start = time.perf_counter()
             result = compute(settings)
-            record = json.loads(json.dumps(store.save(settings, result, time.perf_counter() - start, cell_seed),
+            seconds = time.perf_counter() - start
+            record = json.loads(json.dumps(store.save(settings, result, seconds, cell_seed),
                                            sort_keys=True, default=str))  # exactly what a resumed run reads back
+            if progress and bar.disable:  # no live bar (a log file): one line per computed cell
+                log(f"{desc}: cell {len(records) + 1}/{len(cells)} computed in {seconds:.0f} s")
         else:
             done += 1
         records.append(record)

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
+from .progress import progress as progress_bar
 from .validation import check_positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,7 +119,7 @@ def sharded_evaluate(
             model.to(info.device)
     shard = shard_batches(len(images), batch_size, info.rank, info.world_size)
     parts: List[Dict[str, Any]] = []
-    for _, start, stop in tqdm(shard, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False):
+    for _, start, stop in progress_bar(shard, desc, unit="batch", enabled=None if progress and info.is_main else False):
         results = evaluate(dict(targets), (images[start:stop], labels[start:stop]), attack, source, seed=seed,
                            scoring_seeds=scoring_seeds, batch_size=batch_size, start_index=start, device=info.device,
                            progress=False)

@@ -26,13 +26,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ..attacks import WorstCase
 from ..attacks.base import preserved_modes
 from ..attacks.budget import NORMS, perturbation_norm
 from ..encoding import fixed_noise_seed, is_stochastic, stochastic_encoders
 from ..io import atomic_write_json, provenance
+from ..progress import progress as progress_bar
 from ..stats import accuracy_interval
 from ..seeds import derive_seed
 from ..validation import check_positive_int
@@ -449,7 +449,7 @@ def evaluate(
     labels_seen: List[np.ndarray] = []
     records = {name: {"clean": [], "members": []} for name in named}
     n_done = 0
-    bar = tqdm(_batches(data, batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(_batches(data, batch_size), "evaluate", unit="batch", enabled=None if progress else False)
     try:
         with contextlib.ExitStack() as modes:
             for model in {id(m): m for m in [crafting, *named.values()]}.values():
