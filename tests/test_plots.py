@@ -15,7 +15,7 @@ def figures(monkeypatch, tmp_path):
 def error_bar_extents(container):
     """``(x, low, high)`` of each error bar of an errorbar container (its vertical line segments)."""
     (segments,) = container.lines[2]
-    return sorted((s[0][0], min(s[0][1], s[1][1]), max(s[0][1], s[1][1])) for s in segments.get_segments())
+    return sorted((s[0][0], min(s[0][1], s[1][1]), max(s[0][1], s[1][1])) for s in segments.get_segments() if len(s))
 
 
 def test_layerwise_line_plot_has_labels_attack_eps_integer_ticks_and_interval_bars(figures, tmp_path):
@@ -60,3 +60,20 @@ def test_bad_inputs_are_named(tmp_path):
         plots.plot_lines({"a": [(0, 1.0)]}, tmp_path / "x.png", xlabel="", ylabel="y", title="t")
     with pytest.raises(ValueError, match=r"series 'a', x = 0: interval \[2.0, 3.0\] does not contain the value 1.0"):
         plots.plot_lines({"a": [(0, 1.0, 2.0, 3.0)]}, tmp_path / "x.png", xlabel="x", ylabel="y", title="t")
+
+
+def test_robustness_bars_leave_an_empty_slot_where_a_model_was_not_attacked(figures, tmp_path):
+    """An SNN-only attack has no ANN row: its slot is empty (NaN height, no error bar), not an error."""
+    from snn_adv.studies.robustness import _bar
+
+    rows = [{"target": "ANN", "condition": "clean", "accuracy": 90.0, "accuracy_low": 88.0, "accuracy_high": 93.0},
+            {"target": "SNN-BP", "condition": "PGD+EOT WB", "accuracy": 20.0, "accuracy_low": 17.0, "accuracy_high": 24.0}]
+    groups = ["clean", "PGD+EOT WB"]
+    bars = {target: [_bar(rows, target, g) for g in groups] for target in ("ANN", "SNN-BP")}
+    assert bars["ANN"][0] == (90.0, 88.0, 93.0) and len(bars["ANN"][1]) == 1
+    plots.plot_bars(groups, bars, tmp_path / "b.png", ylabel="accuracy (%)", title="strong")
+    from matplotlib.container import BarContainer
+
+    ann, snn = [c for c in figures[0].axes[0].containers if isinstance(c, BarContainer)]
+    assert ann[0].get_height() == 90.0 and ann[1].get_height() != ann[1].get_height()  # NaN: nothing drawn
+    assert [(low, high) for _, low, high in error_bar_extents(snn.errorbar)] == [(17.0, 24.0)]

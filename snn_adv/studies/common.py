@@ -269,13 +269,13 @@ def trained_per_point(section: Mapping[str, Any], kind: str, **recipe: Any) -> D
 Axis = Callable[[Mapping[str, Any]], Tuple[Hashable, str]]
 
 
-def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tuple[float, float, float]]]:
-    """``{row["series"]: [(row["x"], value, half width of the interval), ...]}`` for :func:`snn_adv.plots.plot_lines`."""
-    series: Dict[str, List[Tuple[float, float, float]]] = {}
+def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tuple[float, float, float, float]]]:
+    """``{row["series"]: [(row["x"], value, interval low, interval high), ...]}`` for
+    :func:`snn_adv.plots.plot_lines`."""
+    series: Dict[str, List[Tuple[float, float, float, float]]] = {}
     for row in rows:
         if row[y] is not None:
-            half = (row[f"{y}_high"] - row[f"{y}_low"]) / 2
-            series.setdefault(row["series"], []).append((float(row["x"]), row[y], half))
+            series.setdefault(row["series"], []).append((float(row["x"]), row[y], row[f"{y}_low"], row[f"{y}_high"]))
     return series
 
 

@@ -198,12 +198,13 @@ def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str,
     return rows
 
 
-def _bar(rows, target: str, condition: str) -> Tuple[float, Optional[float]]:
-    """(accuracy, half width of its interval) of ``target`` in ``condition`` (NaN when not measured)."""
+def _bar(rows, target: str, condition: str) -> Tuple[float, ...]:
+    """(accuracy, interval low, interval high) of ``target`` in ``condition``; ``(nan,)``, an empty slot, when not
+    measured (an SNN-only attack on the ANN, or no input gradient)."""
     for row in rows:
         if row["target"] == target and row["condition"] == condition and row["accuracy"] is not None:
-            return row["accuracy"], (row["accuracy_high"] - row["accuracy_low"]) / 2
-    return float("nan"), 0.0
+            return row["accuracy"], row["accuracy_low"], row["accuracy_high"]
+    return (float("nan"),)
 
 
 def evaluate_models(targets: Mapping[str, nn.Module], sources: Mapping[str, nn.Module], images: torch.Tensor,
