@@ -248,3 +248,22 @@ def test_labels_and_seeds():
             check_seed("seed", bad)
     with pytest.raises(ValueError, match="must be an integer"):
         check_seed("seed", None, allow_none=False)
+
+
+def test_attacks_and_evaluate_apply_the_input_checks():
+    """The checks reach the doors users call: int32 labels work in an attack, an overflowing seed and a bare body
+    are refused by the attack and by evaluate with the checks' messages."""
+    from snn_adv import evaluate
+    from snn_adv.attacks import FGSM
+
+    model, x = snn(), images(0)
+    labels = torch.tensor([0, 3, 1], dtype=torch.int32)
+    adversarial = FGSM(model, eps=0.1)(x, labels)
+    assert adversarial.shape == x.shape and (adversarial - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match=r"'seed' = .*integer in \[0, 2\*\*63 - 1\]"):
+        FGSM(model, eps=0.1, seed=2**64)
+    with pytest.raises(ValueError, match=r"'seed' = .*integer in \[0, 2\*\*63 - 1\]"):
+        evaluate(model, (x, labels.long()), None, seed=2**64, progress=False)
+    for call in (lambda: FGSM(small_body(), eps=0.1), lambda: evaluate(small_body(), (x, labels.long()), None, progress=False)):
+        with pytest.raises(TypeError, match="bare multistep SpikingJelly network"):
+            call()

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..neurons import spiking_neurons
-from ..validation import check_fraction, check_images, check_labels, check_positive_int
+from ..validation import check_classifier, check_fraction, check_images, check_labels, check_positive_int, check_seed
 from .gradients import GradientMode, Surrogate, gradient_mode, resolve_gradient_mode
 
 __all__ = ["Attack", "NoInputGradientError", "project", "preserved_modes"]
@@ -80,9 +80,7 @@ class Attack:
         targeted: bool = False,
         seed: Optional[int] = None,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"argument 'model' must be a torch.nn.Module mapping images to logits, got {type(model).__name__}")
-        self.model = model
+        self.model = check_classifier(model)
         self.eps = check_fraction("eps", eps)
         self.grad_mode = resolve_gradient_mode(grad_mode, surrogate)
         self.eot = check_positive_int("eot", eot)
@@ -95,9 +93,7 @@ class Attack:
     # ---------------------------------------------------------------- seeding and settings
     def manual_seed(self, seed: Optional[int]) -> "Attack":
         """Restart the attack's random stream (random starts) from ``seed``."""
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"argument 'seed' = {seed!r}: must be None or an integer >= 0")
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -167,7 +163,7 @@ class Attack:
         with preserved_modes(self.model, training=False), gradient_mode(self.model, self.grad_mode):
             with torch.no_grad():
                 num_classes = self.model(images[:1]).shape[1]
-            check_labels(labels, num_classes, images.shape[0])
+            labels = check_labels(labels, num_classes, images.shape[0])
             self._at_start = True
             adversarial = self.forward(images, labels.to(images.device))
         return project(adversarial.detach(), images, self.eps)

@@ -35,7 +35,7 @@ from ..io import atomic_write_json, provenance
 from ..progress import progress as progress_bar
 from ..stats import accuracy_interval
 from ..seeds import derive_seed
-from ..validation import check_positive_int
+from ..validation import check_classifier, check_positive_int, check_seed
 
 __all__ = ["EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model"]
 
@@ -418,8 +418,9 @@ def evaluate(
         crafting = next(iter(named.values()))
     else:
         crafting = source
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"argument 'seed' = {seed!r}: must be an integer >= 0")
+    for name, model in [*named.items(), *([("source", source)] if source is not None else [])]:
+        check_classifier(model, name)
+    check_seed("seed", seed, allow_none=False)
     if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
         raise ValueError(f"argument 'start_index' = {start_index!r}: must be an integer >= 0")
     seeds = _check_seeds(scoring_seeds)
