@@ -212,6 +212,29 @@ LEVELS = Value("int", minimum=2, nullable=True)
 
 SURROGATE = Section({"name": TEXT, "alpha": POSITIVE, "gamma": POSITIVE, "width": POSITIVE, "spiking": FLAG},
                     required=("name",))
+#: keys of an attack entry that are table metadata or study settings, not arguments of the attack's class
+_ATTACK_METADATA = ("name", "label", "snn_only", "study_modes", "alpha_over_eps")
+
+
+def _attack_arguments(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """An entry of one of our attacks (``fgsm``, ``pgd``) may set only that class's arguments (not ``seed``: the
+    cell derives it): ``steps`` on ``fgsm`` is refused at load, not after the models were trained."""
+    import inspect
+
+    from .attacks import ATTACKS
+
+    cls = ATTACKS.get(value.get("name")) if isinstance(value.get("name"), str) else None
+    if cls is None:
+        return
+    accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass)
+                for name, p in inspect.signature(klass.__init__).parameters.items()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in ("self", "model", "seed")}
+    for key in value:
+        if key in ATTACK.fields and key not in accepted and key not in _ATTACK_METADATA:  # unknown keys: reported
+            problems.append(f"config key {path + '.' + key!r}: not an argument of attack {value['name']!r} "
+                            f"(it takes {', '.join(sorted(accepted))})")
+
+
 ATTACK = Section({
     "name": Value("str", choices=_attack_names),
     "eps": FRACTION, "alpha": POSITIVE, "alpha_over_eps": POSITIVE, "steps": POSITIVE_INT,
@@ -220,7 +243,7 @@ ATTACK = Section({
     "modes": ListOf(Value("str", choices=_gradient_modes), unique=True), "surrogates": ListOf(SURROGATE, min_items=0),
     "class": TEXT, "kwargs": OBJECT,
     "label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True),
-}, required=("name",))
+}, required=("name",), extra=_attack_arguments)
 ATTACKS = ListOf(ATTACK)
 KINDS = ListOf(KIND, unique=True)
 

@@ -28,6 +28,9 @@ def _write(tmp_path, config, name="c.json"):
     ({"studies": {"robustness": {"attacks": [{"name": "pgd", "stepz": 3}]}}},
      r"'studies.robustness.attacks\[0\].stepz' is unknown; did you mean 'studies.robustness.attacks\[0\].steps'\?"),
     ({"studies": {"robustnes": {}}}, r"'studies.robustnes' is unknown; did you mean 'studies.robustness'\?"),
+    ({"studies": {"robustness": {"attacks": [{"name": "fgsm", "steps": 7}]}}},
+     r"'studies.robustness.attacks\[0\].steps': not an argument of attack 'fgsm' \(it takes eot, eps, grad_mode, "
+     r"surrogate, targeted\)"),
     ({"data": {"zzz": 1}}, r"'data.zzz' is unknown; allowed here: dataset, root"),
     ({"seed": "zero"}, r"'seed' = \"zero\": must be an integer"),
     ({"seed": True}, r"'seed' = true: must be an integer"),
