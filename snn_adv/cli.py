@@ -23,7 +23,7 @@ EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out)
+    quickstart(args.out, progress=not args.quiet)
     return 0
 
 
@@ -210,7 +210,7 @@ def _add_model_commands(commands) -> None:
         p.add_argument("--eval-batch-size", type=_positive_int, default=256, help="batch size for evaluation")
         p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, dropout and Poisson draws")
         p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda when available")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
         p.add_argument("--out", required=True, help="output checkpoint file (written atomically)")
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quickstart = commands.add_parser("quickstart", help="offline end-to-end demo on bundled Fashion-MNIST")
     quickstart.add_argument("--out", default=None, help="output folder (default ./snn-adv-quickstart)")
+    quickstart.add_argument("--quiet", action="store_true", help="no progress bars")
     quickstart.set_defaults(func=_quickstart)
 
     study = commands.add_parser("study", help="run studies of a config (resumable; torchrun shards it)",

@@ -85,3 +85,14 @@ def test_the_console_exit_status_is_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("snn-adv: error: ")
     assert "config key 'data' = 5: must be an object" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["quickstart"], ["study", "robustness", "--config", "tiny", "--out", "o"], ["evaluate", "m.pt", "--attacks", "tiny"],
+    ["train-ann", "--out", "m.pt"], ["convert", "m.pt", "--out", "c.pt"], ["train-snn", "c.pt", "--out", "s.pt"],
+])
+def test_every_long_command_takes_quiet(argv):
+    from snn_adv.cli import build_parser
+
+    args = build_parser().parse_args([*argv, "--quiet"])
+    assert getattr(args, "quiet", None) is True or getattr(args, "no_progress", None) is True
