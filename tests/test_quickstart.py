@@ -60,11 +60,14 @@ def test_cli_runs_quickstart_and_study_with_preset_and_overrides(monkeypatch, tm
     from snn_adv.configs import config_path
 
     calls = {}
-    monkeypatch.setattr(importlib.import_module("snn_adv.quickstart"), "quickstart", lambda out: calls.setdefault("quickstart", out))
+    monkeypatch.setattr(importlib.import_module("snn_adv.quickstart"), "quickstart",
+                        lambda out, progress: calls.setdefault("quickstart", []).append((out, progress)))
     monkeypatch.setattr(snn_adv.studies, "run_studies",
                         lambda names, config, out, progress: calls.setdefault("study", (names, config, out, progress)))
-    args = build_parser().parse_args(["quickstart", "--out", "x"])
-    assert args.func(args) == 0 and calls["quickstart"] == "x"
+    for argv in (["quickstart", "--out", "x"], ["quickstart", "--out", "x", "--quiet"]):
+        args = build_parser().parse_args(argv)
+        assert args.func(args) == 0
+    assert calls["quickstart"] == [("x", True), ("x", False)]
 
     argv = ["study", "all", "--config", "tiny", "--out", "o", "--set", "seed=3", "--set", "models.ann.epochs=5",
             "--data-root", str(tmp_path), "--quiet"]
