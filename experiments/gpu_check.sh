@@ -52,7 +52,7 @@ step_device() {
     "$PY" - <<'EOF'
 import numpy, torch, snn_adv
 from snn_adv.neurons import _patch_spikingjelly_numpy_int, cupy_available
-print("python snn_adv from", snn_adv.__file__)
+import os; print("snn_adv imported from", os.path.relpath(snn_adv.__file__))
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
 print("numpy", numpy.__version__, "cupy_available", cupy_available())
 if cupy_available():
