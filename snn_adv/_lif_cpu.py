@@ -65,14 +65,17 @@ int64_t backward_block(int64_t T) {
 }
 
 // One reverse time step over n membranes (a function of its own, with restrict pointers, so that gcc vectorises it).
+// gs and gx may be the same buffer (the outgoing gradient written over the incoming one): element j is read
+// before it is written, so they carry no __restrict__.
 template <typename scalar_t, bool kDetach, bool kLeakGrad>
-double backward_step(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ h, const scalar_t* __restrict__ vp,
-                     scalar_t* __restrict__ gx, scalar_t* __restrict__ gv, int64_t n, scalar_t reset, scalar_t leak,
+double backward_step(const scalar_t* gs, const scalar_t* __restrict__ h, const scalar_t* __restrict__ vp,
+                     scalar_t* gx, scalar_t* __restrict__ gv, int64_t n, scalar_t reset, scalar_t leak,
                      scalar_t vth, scalar_t scale, scalar_t width) {
   double leak_acc = 0.0;
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t sg = std::max(scalar_t(0), scalar_t(1) - std::abs(h[j] - vth) / width) * scale;
-    const scalar_t gh = kDetach ? gv[j] + gs[j] * sg : gv[j] + sg * (gs[j] - vth * gv[j]);
+    const scalar_t gsj = gs[j];
+    const scalar_t gh = kDetach ? gv[j] + gsj * sg : gv[j] + sg * (gsj - vth * gv[j]);
     gx[j] = gh;
     if (kLeakGrad) leak_acc += static_cast<double>(gh * (vp[j] - reset * static_cast<scalar_t>(vp[j] >= vth)));
     gv[j] = gh * leak;
@@ -81,8 +84,8 @@ double backward_step(const scalar_t* __restrict__ gs, const scalar_t* __restrict
 }
 
 template <typename scalar_t, bool kDetach, bool kLeakGrad>
-void backward_impl(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                   scalar_t* __restrict__ gx, scalar_t* __restrict__ gv, double* leak_partial, int64_t T, int64_t M,
+void backward_impl(const scalar_t* gs, const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                   scalar_t* gx, scalar_t* __restrict__ gv, double* leak_partial, int64_t T, int64_t M,
                    scalar_t leak, scalar_t vth, scalar_t gamma, scalar_t width) {
   const scalar_t scale = gamma / width;
   const int64_t B = backward_block(T);
@@ -138,10 +141,12 @@ std::vector<at::Tensor> lif_forward(at::Tensor x_seq, at::Tensor v, double leak,
 }
 
 // grad_s, x [T, M], v0 and grad_v [M] (grad_v: dL/dv[T-1] in, dL/dv[-1] out); returns (grad_x, grad_leak).
+// With in_place, grad_x is written over grad_s (and returned): no second [T, M] buffer.
 std::vector<at::Tensor> lif_backward(at::Tensor grad_s, at::Tensor x, at::Tensor v0, at::Tensor grad_v, double leak,
-                                     double vth, double gamma, double width, bool detach_reset, bool leak_grad) {
+                                     double vth, double gamma, double width, bool detach_reset, bool leak_grad,
+                                     bool in_place) {
   const int64_t T = x.size(0), M = x.numel() / std::max<int64_t>(T, 1);
-  auto gx = at::empty_like(x);
+  auto gx = in_place ? grad_s : at::empty_like(x);
   std::vector<double> partial((M + backward_block(T) - 1) / backward_block(T), 0.0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lif_backward", [&] {
     auto f = detach_reset ? (leak_grad ? backward_impl<scalar_t, true, true> : backward_impl<scalar_t, true, false>)

@@ -24,6 +24,7 @@ gradient modes); without one, surrogate BPTT with ``surrogate_function``.
 from __future__ import annotations
 
 import math
+import sys
 import types
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, Union
@@ -176,6 +177,46 @@ def _cpu_kernel(x_seq: torch.Tensor):
     return lif_kernel()
 
 
+def _reference_count(tensor: torch.Tensor) -> int:
+    """Python references to ``tensor`` as seen from the frame that calls this (CPython's count)."""
+    return sys.getrefcount(tensor)
+
+
+class _EngineReferenceProbe(torch.autograd.Function):
+    """Two outputs like :class:`_MultiStepLIF`; its backward records how many Python references an incoming
+    gradient has when only the autograd engine holds it (a CPython and torch detail, so measured, not assumed)."""
+
+    count: Optional[int] = None
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1, x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad, grad_other):
+        _EngineReferenceProbe.count = _reference_count(grad)
+        return grad
+
+
+def _engine_references() -> int:
+    """References of a gradient held by nobody but the autograd engine (probed once per process)."""
+    if _EngineReferenceProbe.count is None:
+        x = torch.zeros(2, requires_grad=True)
+        with torch.enable_grad():
+            (_EngineReferenceProbe.apply(x)[0] * 2).sum().backward()
+    return _EngineReferenceProbe.count
+
+
+def _may_overwrite(grad: torch.Tensor, references: int, like: torch.Tensor) -> bool:
+    """Whether the incoming gradient ``grad`` (with ``references`` counted at the top of a backward) is scratch the
+    backward may write its own result over: held by the engine alone (no user hook or ``grad_outputs`` keeps it),
+    a whole dense buffer of ``like``'s dtype and size, and no graph is being built of the backward."""
+    return (references <= _engine_references() and not torch.is_grad_enabled() and not grad.requires_grad
+            and grad._base is None and grad.dtype == like.dtype and grad.numel() == like.numel()
+            and grad.is_contiguous() and grad.storage_offset() == 0
+            and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size())
+
+
 class _MultiStepLIF(torch.autograd.Function):
     """BPTT over T steps of ``node``'s dynamics. Saves the input ``I`` and ``v[-1]`` (plus ``sg`` under a rule);
     the backward recomputes the membranes and differentiates each step (or, on the kernel, the closed form)::
@@ -193,6 +234,8 @@ class _MultiStepLIF(torch.autograd.Function):
         ctx.kernel = (_cpu_kernel(x_seq) if rule is None and node.has_default_dynamics()
                       and type(sg_fn) is PiecewiseLinear and sg_fn.spiking else None)
         ctx.surrogate_args = (sg_fn.alpha, sg_fn.width) if ctx.kernel is not None else None
+        if ctx.kernel is not None:
+            _engine_references()  # probe now, outside any backward
         sg_seq = rule.derivative(node, x_seq, h_seq) if rule is not None else None
         ctx.save_for_backward(x_seq, v_init, sg_seq)
         ctx.leak, ctx.leak_is_tensor, ctx.node, ctx.rule = leak_value, isinstance(leak, torch.Tensor), node, rule
@@ -200,17 +243,21 @@ class _MultiStepLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spike_seq, grad_v_last):
+        references = _reference_count(grad_spike_seq)  # first: before this frame makes references of its own
         x_seq, v_init, sg_seq = ctx.saved_tensors
         node, T = ctx.node, x_seq.shape[0]
         if grad_spike_seq is None:
-            grad_spike_seq = torch.zeros_like(x_seq)
+            grad_spike_seq, references = torch.zeros_like(x_seq), 0
         grad_v = grad_v_last if grad_v_last is not None else torch.zeros_like(x_seq[0])
         if ctx.kernel is not None:
+            # the outgoing gradient over the incoming one where nobody else holds it: one [T, ...] buffer less at
+            # the peak of BPTT, and no fresh pages to fault in
+            in_place = _may_overwrite(grad_spike_seq, references, x_seq)
             grad_v = grad_v.to(x_seq.dtype).reshape(-1).clone()  # updated in place to dL/dv[-1]
             grad_x_seq, grad_leak = ctx.kernel.lif_backward(
                 grad_spike_seq.contiguous().view(T, -1), x_seq.contiguous().view(T, -1),
                 v_init.to(x_seq.dtype).reshape(-1).contiguous(), grad_v, ctx.leak, node.v_threshold,
-                *ctx.surrogate_args, node.detach_reset, ctx.leak_is_tensor,
+                *ctx.surrogate_args, node.detach_reset, ctx.leak_is_tensor, in_place,
             )
             return (grad_x_seq.view(x_seq.shape), grad_v.view(x_seq.shape[1:]),
                     grad_leak if ctx.leak_is_tensor else None, None)

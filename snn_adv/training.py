@@ -15,7 +15,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Callable, Dict, Iterable, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .classifier import ImageClassifier
+from .io import PathLike, atomic_write
 from .progress import describe, log, progress as progress_bar
 from .validation import check_choice, check_positive, check_positive_int
 
@@ -105,6 +107,8 @@ def train(
     max_batches: Optional[int] = None,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[Dict[str, float]], None]] = None,
+    on_epoch_start: Optional[Callable[[int], None]] = None,
+    checkpoint: Optional[PathLike] = None,
 ) -> List[Dict[str, float]]:
     """Train ``model`` in place with cross-entropy on its logits; returns one record per epoch
     ``{epoch, lr, train_loss, train_accuracy, test_loss, test_accuracy}`` (test entries when ``test_loader``).
@@ -115,7 +119,13 @@ def train(
     :param seed: seeds the global generators first (dropout, augmentation, unseeded Poisson draws).
     :param micro_batch: split each batch into pieces of this size and accumulate gradients (bounds BPTT memory).
     :param max_batches: stop each epoch after this many batches (quick runs).
-    :param on_epoch_end: called with each epoch's record (e.g. to save a checkpoint).
+    :param on_epoch_end: called with each epoch's record.
+    :param on_epoch_start: called with each epoch's number (from 1) before it runs, resumed or not (e.g. a
+        sampler's ``set_epoch``).
+    :param checkpoint: a file holding the training state after each epoch (model, optimiser, schedule, history and
+        every random generator), written atomically. Where it exists, training resumes after its last epoch, so a
+        killed run loses at most the epoch in progress and ends with the same weights as an uninterrupted one. It
+        is refused if it was written with other training arguments.
     """
     epochs = check_positive_int("epochs", epochs)
     check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -132,9 +142,18 @@ def train(
     opt = _optimizer(params, optimizer, lr, momentum, weight_decay, bool(nesterov))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, schedule, epochs, warmup_epochs))
     history: List[Dict[str, float]] = []
-    if progress:
+    arguments = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                 "schedule": schedule, "nesterov": bool(nesterov), "warmup_epochs": warmup_epochs, "seed": seed,
+                 "micro_batch": micro_batch, "max_batches": max_batches}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        history = _resume(checkpoint, arguments, model, opt, sched)
+        if progress:
+            log(f"train {describe(model)}: resumed from {Path(checkpoint).name} after epoch {len(history)}")
+    elif progress:
         log(f"train {describe(model)} (seed {seed}): {epochs} epochs, {optimizer} lr {lr:g}")
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history) + 1, epochs + 1):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         model.train()
         loss_sum, correct, count = 0.0, 0, 0
         batches = itertools.islice(train_loader, max_batches) if max_batches is not None else train_loader
@@ -169,10 +188,44 @@ def train(
         if progress:
             log(f"  {describe(model)} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in record.items()))
+        if checkpoint is not None and epoch < epochs:
+            _save_training_state(checkpoint, arguments, model, opt, sched, history)
         if on_epoch_end is not None:
             on_epoch_end(record)
     model.eval()
     return history
+
+
+def _save_training_state(path: PathLike, arguments: Dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+                         sched: Any, history: List[Dict[str, float]]) -> None:
+    """Write everything the next epoch depends on (rank 0 only under torchrun)."""
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    state = {"arguments": arguments, "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "rng": {
+                 "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}}
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def _resume(path: PathLike, arguments: Dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+            sched: Any) -> List[Dict[str, float]]:
+    """Restore the state :func:`_save_training_state` wrote; return the finished epochs' history."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["arguments"] != arguments:
+        raise ValueError(f"training checkpoint {str(path)!r} was written with other training arguments "
+                         f"({state['arguments']}, now {arguments}): delete it to train from scratch")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return list(state["history"])
 
 
 def _len_or_none(loader: Iterable) -> Optional[int]:

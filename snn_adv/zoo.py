@@ -87,22 +87,24 @@ def _train_set(data: Mapping[str, Any], count: Optional[int]) -> Dataset:
                        seed=data.get("subset_seed", 0)).dataset
 
 
-def _fit(model: ImageClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool) -> None:
-    """Train ``model`` in place on the recipe's subset with :func:`snn_adv.training.train` (DDP under torchrun)."""
+def _fit(model: ImageClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool,
+         checkpoint: Path) -> None:
+    """Train ``model`` in place on the recipe's subset with :func:`snn_adv.training.train` (DDP under torchrun),
+    resumable after each epoch from ``checkpoint``."""
     dataset = _train_set(data, recipe.get("train_count", data.get("train_count")))
     loader, sampler = distributed_loader(dataset, recipe["batch_size"], seed=seed)
     net = wrap_ddp(model)
     kwargs = {k: v for k, v in recipe.items() if k not in _NOT_TRAIN_ARGS}
-    sampler.set_epoch(0)
-    train(net, loader, seed=seed, progress=progress, on_epoch_end=lambda record: sampler.set_epoch(record["epoch"]),
-          **kwargs)
+    train(net, loader, seed=seed, progress=progress, on_epoch_start=lambda epoch: sampler.set_epoch(epoch - 1),
+          checkpoint=checkpoint, **kwargs)
     model.eval()
 
 
-def _train_ann(recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool) -> AnnClassifier:
+def _train_ann(recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool,
+               checkpoint: Path) -> AnnClassifier:
     """A freshly initialised ANN of ``recipe['arch']`` trained with SGD (or the recipe's optimizer)."""
     model = build_classifier(recipe["arch"], data["dataset"], "ann", **recipe.get("arch_kwargs", {}))
-    _fit(model, recipe, data, seed, progress)
+    _fit(model, recipe, data, seed, progress, checkpoint)
     return model
 
 
@@ -117,11 +119,11 @@ def _convert(ann: AnnClassifier, recipe: Mapping[str, Any], data: Mapping[str, A
 
 
 def _finetune(snn_conv: SpikingClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
-              progress: bool) -> SpikingClassifier:
+              progress: bool, checkpoint: Path) -> SpikingClassifier:
     """SNN-BP: :func:`snn_adv.conversion.hybrid_init` (thresholds x scale, leak, T), then surrogate-gradient BPTT."""
     model = hybrid_init(snn_conv, recipe["timesteps"], recipe.get("threshold_scale", 0.7), recipe.get("leak", 0.99))
     recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", **recipe}
-    _fit(model, recipe, data, seed, progress)
+    _fit(model, recipe, data, seed, progress, checkpoint)
     return model
 
 
@@ -178,14 +180,16 @@ class ModelZoo:
             seed = derive_seed(self.config["seed"], cell_key(recipe))
             seed_everything(seed)
             data = self.config["data"]
+            partial = path.with_name(path.name + ".partial")  # the training state after each epoch
             if kind == "ann":
-                model = _train_ann(recipe, data, seed, self.progress)
+                model = _train_ann(recipe, data, seed, self.progress, partial)
             elif kind == "snn_conv":
                 model = _convert(reset(self.get("ann", role)), recipe, data, seed, self.progress)
             else:
-                model = _finetune(reset(self.get("snn_conv", role)), recipe, data, seed, self.progress)
+                model = _finetune(reset(self.get("snn_conv", role)), recipe, data, seed, self.progress, partial)
             if dist_info().is_main:
                 checkpoints.save(model, path, recipe=recipe)
+                partial.unlink(missing_ok=True)
         model.eval()
         self._memo[memo] = model
         return model

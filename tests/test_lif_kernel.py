@@ -113,3 +113,57 @@ def test_build_key_names_source_flags_and_torch(monkeypatch, tmp_path):
     monkeypatch.delenv("SNN_ADV_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert _lif_cpu.kernel_cache_dir() == tmp_path / "snn-adv" / "kernels"
+
+
+class _GradientPointer(torch.autograd.Function):
+    """Identity whose backward records the address of the gradient it receives and passes the same tensor on."""
+
+    pointers: list = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _GradientPointer.pointers.append(grad.data_ptr())
+        return grad
+
+
+def _neuron_between_recorders(x):
+    """x -> recorder -> LIF -> recorder -> spikes: the recorders see the neuron's outgoing and incoming gradients."""
+    _GradientPointer.pointers = []
+    node = LeakyLIFNode(0.9, 1.0)
+    return _GradientPointer.apply(node(_GradientPointer.apply(x)))
+
+
+def test_outgoing_gradient_is_written_over_the_incoming_one_held_by_autograd_alone():
+    x = torch.randn(6, 4, 500, requires_grad=True)
+    weights = torch.randn(500)
+    reference = torch.autograd.grad((LeakyLIFNode(0.9, 1.0)(x) * weights).sum(), x)[0]
+    with kernel(False):
+        expected = torch.autograd.grad((LeakyLIFNode(0.9, 1.0)(x) * weights).sum(), x)[0]
+    spikes = _neuron_between_recorders(x)
+    (grad,) = torch.autograd.grad((spikes * weights).sum(), x)
+    incoming, outgoing = _GradientPointer.pointers
+    assert incoming == outgoing  # one buffer: no second [T, ...] gradient allocated
+    assert torch.equal(grad, reference) and torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_a_gradient_someone_else_holds_is_never_overwritten():
+    x = torch.randn(6, 4, 500, requires_grad=True)
+    weights = torch.randn(6, 4, 500)
+    # a hook that keeps the spikes' gradient, and a gradient the caller passes in and keeps
+    spikes = _neuron_between_recorders(x)
+    kept = []
+    spikes.register_hook(lambda g: kept.append(g))
+    (spikes * weights).sum().backward()
+    assert torch.equal(kept[0], weights) and len(set(_GradientPointer.pointers)) == 2
+    given = weights.clone()
+    spikes = _neuron_between_recorders(x)
+    torch.autograd.grad(spikes, x, grad_outputs=given)
+    assert torch.equal(given, weights) and len(set(_GradientPointer.pointers)) == 2
+    # a graph of the backward (create_graph): the incoming gradient may be needed again
+    spikes = _neuron_between_recorders(x)
+    torch.autograd.grad((spikes * weights).sum(), x, create_graph=True)
+    assert len(set(_GradientPointer.pointers)) == 2

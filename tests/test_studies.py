@@ -44,6 +44,7 @@ def test_every_study_writes_table_csv_json_plots_and_cells(tiny_run):
     # (the timesteps and leak sweeps add SNN-BPs trained at their points: tests/test_sweep_methods.py)
     assert {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (out / "models").glob("*.pt")} == {
         f"{k}-{r}" for k in ("ann", "snn_conv", "snn_bp") for r in ("main", "source")}
+    assert not list((out / "models").glob("*.partial"))  # a finished model leaves no training state behind
 
 
 def test_self_check_verdicts_come_from_their_paired_tests(tiny_run):

@@ -106,3 +106,34 @@ def test_cli_train_convert_train_snn(tmp_path, capsys):
     assert "test_accuracy" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["convert", str(bp_path), "--timesteps", "0", "--out", str(tmp_path / "x.pt")])
+
+
+def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(fmnist, tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from snn_adv.distributed import distributed_loader
+
+    dataset = TensorDataset(fmnist.train_x[:192], fmnist.train_y[:192])
+
+    def run(init_seed, checkpoint=None, stop_after=None, epochs=3):
+        torch.manual_seed(init_seed)
+        model = build_classifier("vgg-tiny", "fashion-mnist-bundled", fc_dropout=0.5)  # dropout: the global RNG
+        data, sampler = distributed_loader(dataset, 32, seed=3)
+
+        def stop(record):
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt  # the kill, after the epoch's state was written
+
+        history = train(model, data, epochs=epochs, seed=1, progress=False, checkpoint=checkpoint,
+                        on_epoch_start=lambda epoch: sampler.set_epoch(epoch - 1), on_epoch_end=stop)
+        return model, history
+
+    reference, reference_history = run(init_seed=5)
+    state = tmp_path / "ann.pt.partial"
+    with pytest.raises(KeyboardInterrupt):
+        run(init_seed=5, checkpoint=state, stop_after=2)
+    resumed, history = run(init_seed=6, checkpoint=state)  # another init: the weights come from the state file
+    assert history == reference_history
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="other training arguments"):
+        run(init_seed=5, checkpoint=state, epochs=4)
