@@ -27,7 +27,7 @@ import math
 import sys
 import types
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -184,9 +184,10 @@ def _reference_count(tensor: torch.Tensor) -> int:
 
 class _EngineReferenceProbe(torch.autograd.Function):
     """Two outputs like :class:`_MultiStepLIF`; its backward records how many Python references an incoming
-    gradient has when only the autograd engine holds it (a CPython and torch detail, so measured, not assumed)."""
+    gradient (or, when it is a view, the buffer it views) has when only the autograd engine holds it: a CPython and
+    torch detail, so measured once per process, not assumed."""
 
-    count: Optional[int] = None
+    counts: Dict[str, int] = {}
 
     @staticmethod
     def forward(ctx, x):
@@ -194,27 +195,33 @@ class _EngineReferenceProbe(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, grad_other):
-        _EngineReferenceProbe.count = _reference_count(grad)
+        kind = "view" if grad._base is not None else "tensor"
+        _EngineReferenceProbe.counts[kind] = _reference_count(grad if grad._base is None else grad._base)
         return grad
 
 
-def _engine_references() -> int:
-    """References of a gradient held by nobody but the autograd engine (probed once per process)."""
-    if _EngineReferenceProbe.count is None:
-        x = torch.zeros(2, requires_grad=True)
+def _engine_references(kind: str) -> int:
+    """References of a gradient (``kind='tensor'``), or of the buffer a gradient views (``'view'``), that nobody
+    but the autograd engine holds."""
+    if not _EngineReferenceProbe.counts:
+        x = torch.zeros(2, 3, requires_grad=True)
         with torch.enable_grad():
-            (_EngineReferenceProbe.apply(x)[0] * 2).sum().backward()
-    return _EngineReferenceProbe.count
+            (_EngineReferenceProbe.apply(x)[0] * 2).sum().backward()  # a gradient of its own
+            (_EngineReferenceProbe.apply(x)[0].flatten() * 2).sum().backward()  # a view of the flattened one's
+    return _EngineReferenceProbe.counts[kind]
 
 
 def _may_overwrite(grad: torch.Tensor, references: int, like: torch.Tensor) -> bool:
     """Whether the incoming gradient ``grad`` (with ``references`` counted at the top of a backward) is scratch the
-    backward may write its own result over: held by the engine alone (no user hook or ``grad_outputs`` keeps it),
-    a whole dense buffer of ``like``'s dtype and size, and no graph is being built of the backward."""
-    return (references <= _engine_references() and not torch.is_grad_enabled() and not grad.requires_grad
-            and grad._base is None and grad.dtype == like.dtype and grad.numel() == like.numel()
-            and grad.is_contiguous() and grad.storage_offset() == 0
-            and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size())
+    backward may write its own result over: held by the engine alone (no user hook or ``grad_outputs`` keeps it or
+    the buffer it views), a whole dense buffer of ``like``'s dtype and size, and no graph is being built of the
+    backward."""
+    if references > _engine_references("tensor") or torch.is_grad_enabled() or grad.requires_grad:
+        return False
+    if grad._base is not None and _reference_count(grad._base) > _engine_references("view"):
+        return False
+    return (grad.dtype == like.dtype and grad.numel() == like.numel() and grad.is_contiguous()
+            and grad.storage_offset() == 0 and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size())
 
 
 class _MultiStepLIF(torch.autograd.Function):
@@ -235,7 +242,7 @@ class _MultiStepLIF(torch.autograd.Function):
                       and type(sg_fn) is PiecewiseLinear and sg_fn.spiking else None)
         ctx.surrogate_args = (sg_fn.alpha, sg_fn.width) if ctx.kernel is not None else None
         if ctx.kernel is not None:
-            _engine_references()  # probe now, outside any backward
+            _engine_references("tensor")  # probe now, outside any backward
         sg_seq = rule.derivative(node, x_seq, h_seq) if rule is not None else None
         ctx.save_for_backward(x_seq, v_init, sg_seq)
         ctx.leak, ctx.leak_is_tensor, ctx.node, ctx.rule = leak_value, isinstance(leak, torch.Tensor), node, rule

@@ -148,6 +148,10 @@ def test_outgoing_gradient_is_written_over_the_incoming_one_held_by_autograd_alo
     incoming, outgoing = _GradientPointer.pointers
     assert incoming == outgoing  # one buffer: no second [T, ...] gradient allocated
     assert torch.equal(grad, reference) and torch.allclose(grad, expected, atol=1e-6)
+    # a gradient that is a view of the next layer's (the multistep layers flatten T into the batch): same buffer
+    spikes = _neuron_between_recorders(x)
+    (grad,) = torch.autograd.grad((spikes.flatten(0, 1) * weights).sum(), x)
+    assert len(set(_GradientPointer.pointers)) == 1 and torch.equal(grad, reference)
 
 
 def test_a_gradient_someone_else_holds_is_never_overwritten():
@@ -163,6 +167,12 @@ def test_a_gradient_someone_else_holds_is_never_overwritten():
     spikes = _neuron_between_recorders(x)
     torch.autograd.grad(spikes, x, grad_outputs=given)
     assert torch.equal(given, weights) and len(set(_GradientPointer.pointers)) == 2
+    # a hook that keeps the gradient of the flattened spikes, which the neuron's incoming gradient views
+    spikes = _neuron_between_recorders(x)
+    flat, kept = spikes.flatten(0, 1), []
+    flat.register_hook(lambda g: kept.append(g))
+    (flat * weights.flatten(0, 1)).sum().backward()
+    assert torch.equal(kept[0], weights.flatten(0, 1)) and len(set(_GradientPointer.pointers)) == 2
     # a graph of the backward (create_graph): the incoming gradient may be needed again
     spikes = _neuron_between_recorders(x)
     torch.autograd.grad((spikes * weights).sum(), x, create_graph=True)
