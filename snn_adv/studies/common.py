@@ -220,20 +220,6 @@ def record_comparisons(ctx: StudyContext, rows: Sequence[Mapping[str, Any]]) -> 
             f"verdict at p < {1 - LEVEL:.2f}):\n\n" + markdown)
 
 
-def check_not_weaker(attack: EvaluationResult, reference: EvaluationResult, name: str, what: str,
-                     level: float = LEVEL) -> Check:
-    """An attack that is at least the ``reference``'s effort (PGD after FGSM, EOT, a worst case over it) must not
-    leave significantly more accuracy: a one-sided paired test of ``accuracy(attack) > accuracy(reference)``."""
-    from ..stats import compare
-
-    comparison = compare(attack, reference, alternative="greater")
-    failed = comparison.significant(level)
-    detail = f"{what}: {comparison}" + (" -- significant, possible gradient masking" if failed else "")
-    return Check(name, not failed, detail, {"attack": attack.adversarial_accuracy,
-                                            "reference": reference.adversarial_accuracy,
-                                            "comparison": comparison.to_dict(), "level": level})
-
-
 def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
     """Write the study's self-checks to ``checks.json`` and ``checks.md``, warn about failures (possible gradient
     masking) and return them as a markdown section for the study's table. Verdicts come from paired tests."""
