@@ -208,6 +208,22 @@ def test_layerwise_growth_is_the_paired_difference_of_the_cells_per_image_values
     assert "Growth of the perturbation" in tables["layerwise"]
 
 
+def test_layerwise_per_image_means_skip_undefined_seeds_and_growth_reports_no_pairs():
+    from snn_adv.studies.layerwise import growth_rows, per_image_changes
+
+    # 2 seeds x 2 layers x 3 images; None = the clean activation of that image was all zero under that seed
+    result = {"spike_rate/0": [[0.1, None, None], [0.2, 0.3, None]], "spike_rate/1": [[0.3, 0.5, None], [0.4, None, None]]}
+    changes = per_image_changes(result, "spike_rate", [0, 1])
+    assert changes.shape == (2, 3) and np.isnan(changes[:, 2]).all()
+    assert changes[:, :2].flatten().tolist() == pytest.approx([0.2, 0.5, 0.3, 0.3])
+    silent = {("snn", "whitebox", "spike_rate"): np.array([[np.nan, np.nan], [0.1, 0.2]]),
+              ("ann", "whitebox", "activation"): np.array([[0.1, 0.2], [0.3, 0.5]])}
+    rows = growth_rows(silent, {"snn": "SNN", "ann": "ANN"})
+    assert [(r["model"], r["n_images"], r["verdict"], r["difference"]) for r in rows] == [
+        ("SNN", 0, "no image with both values", None), ("ANN", 2, "inconclusive", pytest.approx(0.25)),
+        ("SNN vs ANN", 0, "no image with both values", None)]
+
+
 def test_snn_layer_activations_are_rates_and_membranes(tiny_run):
     _, _, zoo, _ = tiny_run
     snn = zoo.variant("snn_bp", timesteps=3)
