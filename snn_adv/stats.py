@@ -4,14 +4,16 @@ An evaluation gives, per image ``i`` and scoring seed ``s``, an outcome ``c[i, s
 sampling is the image (the seeds only average out the model's own noise), so every method here works on the
 per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
 
+- :func:`mean_interval`: the percentile bootstrap over images of ``mean_i m_i`` for any per-image values (seeded,
+  so the same data always give the same interval).
 - :func:`accuracy_interval`: exact Clopper-Pearson interval when every ``m_i`` is 0 or 1 (one seed, or seeds that
-  agree on every image: the data are then n Bernoulli trials), else the percentile bootstrap over images of
-  ``mean_i m_i``. The bootstrap is seeded, so the same data always give the same interval.
-- :func:`compare`: paired comparison of two accuracies on the same images, ``d_i = m_i(a) - m_i(b)``. The interval
-  of ``mean_i d_i`` is the paired percentile bootstrap over images. The p-value is the sign-flip (randomisation)
-  test of ``H0: d_i is symmetric about 0``: exact McNemar when every ``d_i`` is in {-1, 0, 1} (then flipping signs
-  is the binomial test on the discordant images), Monte Carlo with a seeded generator otherwise. The sign-flip
-  test needs no normal approximation, is exact at the small n of these studies and respects the pairing.
+  agree on every image: the data are then n Bernoulli trials), else :func:`mean_interval`.
+- :func:`paired_difference`: paired comparison of two per-image values on the same images, ``d_i = x_i - y_i``.
+  The interval of ``mean_i d_i`` is the paired percentile bootstrap over images. The p-value is the sign-flip
+  (randomisation) test of ``H0: d_i is symmetric about 0``: exact McNemar when every ``d_i`` is in {-1, 0, 1} (then
+  flipping signs is the binomial test on the discordant images), Monte Carlo with a seeded generator otherwise.
+  The sign-flip test needs no normal approximation, is exact at the small n of these studies and respects the
+  pairing. :func:`compare` applies it to two accuracies of evaluation results.
 - :func:`compare_to_bound`: one-sided test of ``H0: accuracy <= bound`` (exact binomial for binary ``m_i``, else a
   bootstrap p-value), for "large eps reaches about 0".
 """
@@ -26,7 +28,8 @@ from scipy import stats as _scipy_stats
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import EvaluationResult
 
-__all__ = ["Comparison", "accuracy_interval", "compare", "compare_to_bound", "paired_outcomes"]
+__all__ = ["Comparison", "accuracy_interval", "compare", "compare_to_bound", "mean_interval", "paired_difference",
+           "paired_outcomes"]
 
 #: bootstrap / Monte Carlo resamples: the Monte Carlo error of a 95 % bound is about 0.002 at n = 100 images.
 RESAMPLES = 10_000
@@ -35,7 +38,7 @@ ALTERNATIVES = ("two-sided", "greater", "less")
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """A paired difference ``a - b`` of accuracies (fractions) with its interval, p-value and method.
+    """A paired difference ``a - b`` (of accuracies: fractions) with its interval, p-value and method; ``n`` pairs.
 
     ``alternative``: ``'two-sided'`` (``a != b``), ``'greater'`` (``a > b``) or ``'less'`` (``a < b``);
     ``significant(level)`` says whether the p-value rejects ``a == b`` in favour of it at ``level``.
@@ -93,10 +96,33 @@ def _percentile_interval(samples: np.ndarray, level: float) -> Tuple[float, floa
     return float(low), float(high)
 
 
+def _finite_values(name: str, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1:
+        raise ValueError(f"argument {name!r}: must be a 1-D array (one value per image), got shape {values.shape}")
+    if np.isinf(values).any():
+        raise ValueError(f"argument {name!r}: holds an infinite value at position {int(np.isinf(values).argmax())}")
+    return values
+
+
+def mean_interval(values: np.ndarray, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
+    """Two-sided ``level`` percentile bootstrap interval of ``mean(values)`` (one value per image; resampling images,
+    seeded by ``seed``). NaN values (undefined for that image) are dropped first.
+
+    :raises ValueError: when no value is left, or ``values`` is not 1-D or holds an infinite value.
+    """
+    level = _check_level(level)
+    values = _finite_values("values", values)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        raise ValueError("argument 'values': no value that is not NaN; an interval needs at least one")
+    return _percentile_interval(_bootstrap_means(values, seed), level)
+
+
 def accuracy_interval(per_image: np.ndarray, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
     """Two-sided ``level`` interval of ``mean(per_image)`` (per-image accuracies averaged over seeds, in [0, 1]).
 
-    Clopper-Pearson when every value is 0 or 1, else the percentile bootstrap over images (seeded).
+    Clopper-Pearson when every value is 0 or 1, else :func:`mean_interval` (the percentile bootstrap over images).
     """
     level = _check_level(level)
     per_image = np.asarray(per_image, dtype=float)
@@ -105,7 +131,7 @@ def accuracy_interval(per_image: np.ndarray, level: float = 0.95, seed: int = 0)
     if _is_binary(per_image):
         interval = _scipy_stats.binomtest(int(per_image.sum()), len(per_image)).proportion_ci(level, "exact")
         return float(interval.low), float(interval.high)
-    return _percentile_interval(_bootstrap_means(per_image, seed), level)
+    return mean_interval(per_image, level, seed)
 
 
 def paired_outcomes(a: "EvaluationResult", kind_a: str, b: "EvaluationResult", kind_b: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -144,6 +170,32 @@ def _sign_flip_p_value(differences: np.ndarray, alternative: str, seed: int) -> 
     return float((extreme.sum() + 1) / (RESAMPLES + 1)), "sign-flip test (Monte Carlo)"
 
 
+def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alternative: str = "two-sided",
+                      seed: int = 0) -> Comparison:
+    """Paired test of ``mean_i (x_i - y_i)`` on the same images (``x[i]`` and ``y[i]`` belong to image ``i``).
+
+    Interval: the paired percentile bootstrap over images; p-value: the sign-flip test of ``H0: x_i - y_i is
+    symmetric about 0`` against ``alternative`` (``'greater'``: ``x > y``), exact McNemar when every difference is
+    in {-1, 0, 1} (see the module docstring). Pairs in which ``x_i`` or ``y_i`` is NaN (a value undefined for that
+    image) are dropped; ``n`` of the result counts the pairs used. ``seed`` seeds the bootstrap and the Monte Carlo
+    test.
+
+    :raises ValueError: when ``x`` and ``y`` differ in shape, no pair is left, or a value is infinite.
+    """
+    level, alternative = _check_level(level), _check_alternative(alternative)
+    x, y = _finite_values("x", x), _finite_values("y", y)
+    if x.shape != y.shape:
+        raise ValueError(f"arguments 'x' and 'y': a paired test needs one value of each per image, got shapes "
+                         f"{x.shape} and {y.shape}")
+    differences = x - y
+    differences = differences[~np.isnan(differences)]
+    if len(differences) == 0:
+        raise ValueError("arguments 'x' and 'y': no pair without NaN; a paired test needs at least one")
+    low, high = _percentile_interval(_bootstrap_means(differences, seed), level)
+    p_value, method = _sign_flip_p_value(differences, alternative, seed)
+    return Comparison(float(differences.mean()), low, high, p_value, method, len(differences), alternative)
+
+
 def compare(
     a: "EvaluationResult",
     b: "EvaluationResult",
@@ -153,17 +205,14 @@ def compare(
     alternative: str = "two-sided",
     seed: int = 0,
 ) -> Comparison:
-    """Paired test of ``accuracy(a, kind_a) - accuracy(b, kind_b)`` on the same images (see the module docstring).
+    """Paired test of ``accuracy(a, kind_a) - accuracy(b, kind_b)`` on the same images: :func:`paired_difference`
+    of their per-image accuracies (:func:`paired_outcomes`).
 
     E.g. whitebox vs blackbox: ``compare(whitebox, blackbox)``; clean vs adversarial of one result:
     ``compare(r, r, 'clean', 'adversarial')``. ``seed`` seeds the bootstrap and the Monte Carlo test.
     """
     level, alternative = _check_level(level), _check_alternative(alternative)
-    x, y = paired_outcomes(a, kind_a, b, kind_b)
-    differences = x - y
-    low, high = _percentile_interval(_bootstrap_means(differences, seed), level)
-    p_value, method = _sign_flip_p_value(differences, alternative, seed)
-    return Comparison(float(differences.mean()), low, high, p_value, method, len(differences), alternative)
+    return paired_difference(*paired_outcomes(a, kind_a, b, kind_b), level, alternative, seed)
 
 
 def compare_to_bound(result: "EvaluationResult", kind: str, bound: float, level: float = 0.95, seed: int = 0) -> Comparison:

@@ -8,7 +8,7 @@ from attack_helpers import Masked, ann, data  # noqa: F401 (fixtures)
 from snn_adv.attacks import PGD, GradientScaled
 from snn_adv.evaluation import (
     GradientMaskingWarning, check_gradient_free, check_large_eps, check_minimal_norm, check_monotone_in_eps,
-    check_more_effort, check_whitebox_vs_transfer, evaluate, sanity_checks,
+    check_more_effort, check_not_weaker, check_whitebox_vs_transfer, evaluate, sanity_checks,
 )
 from snn_adv.evaluation.checks import _minimal_norm_attack
 
@@ -61,6 +61,20 @@ def test_whitebox_not_weaker_than_transfer(ann, images):
     flagged = check_whitebox_vs_transfer(pgd(masked, images), pgd(masked, images, source=ann), "ann")
     assert honest.passed is True and flagged.passed is False, (honest, flagged)
     assert flagged.name == "whitebox_not_weaker_than_transfer[ann]"
+
+
+def test_stronger_attack_not_weaker_than_its_reference(ann, images):
+    # PGD (5 steps, random start) against FGSM (one step of 2.5 eps from the clean image, clipped to eps)
+    honest = check_not_weaker(pgd(ann, images), pgd(ann, images, steps=1, random_start=False), "not_weaker_than_FGSM[PGD]",
+                              "PGD vs FGSM")
+    # a masked model: its own PGD walks downhill, so even FGSM through the honest twin leaves less accuracy
+    masked = Masked(ann, "reversed")
+    fgsm = pgd(masked, images, steps=1, random_start=False, source=ann)
+    flagged = check_not_weaker(pgd(masked, images), fgsm, "not_weaker_than_FGSM[PGD]", "PGD vs FGSM")
+    assert honest.passed is True and flagged.passed is False, (honest, flagged)
+    assert flagged.name == "not_weaker_than_FGSM[PGD]" and flagged.detail.startswith("PGD vs FGSM: ")
+    assert flagged.values["reference"] == fgsm.adversarial_accuracy < flagged.values["attack"]
+    assert flagged.values["comparison"]["p_value"] < 0.05 and flagged.values["comparison"]["alternative"] == "greater"
 
 
 def test_gradient_free_not_stronger(ann, images):

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from snn_adv.evaluation import EvaluationResult
-from snn_adv.stats import accuracy_interval, compare, compare_to_bound
+from snn_adv.stats import RESAMPLES, accuracy_interval, compare, compare_to_bound, mean_interval, paired_difference
 
 
 def result(adversarial, clean=None, index=None, label=None):
@@ -107,3 +107,59 @@ def test_bound_test_is_the_exact_binomial_tail():
     assert comparison.p_value == pytest.approx(tail) and comparison.difference == pytest.approx(0.05)
     assert not comparison.significant(0.95)  # 4 of 40 is not evidence against "at most 5 %"
     assert compare_to_bound(result(np.array([1] * 10 + [0] * 30)), "adversarial", 0.05).significant(0.95)
+
+
+def hand_bootstrap_interval(values, seed=0, level=0.95):
+    """The percentile bootstrap of a mean written as a plain loop: one resample of n images per draw."""
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, len(values), size=len(values))].mean() for _ in range(RESAMPLES)]
+    return tuple(np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2]))
+
+
+def test_mean_interval_is_the_percentile_bootstrap_and_drops_nan():
+    values = np.random.default_rng(5).exponential(size=25)
+    low, high = mean_interval(values, seed=7)
+    assert (low, high) == pytest.approx(hand_bootstrap_interval(values, seed=7), abs=1e-12)
+    assert low < values.mean() < high
+    assert mean_interval(values, 0.8, seed=7) == pytest.approx(hand_bootstrap_interval(values, 7, 0.8), abs=1e-12)
+    with_nan = np.insert(values, [0, 10, 25], np.nan)
+    assert mean_interval(with_nan, seed=7) == (low, high)  # NaN (undefined for an image) is dropped, not resampled
+    # non-binary accuracies go to the same bootstrap
+    accuracies = np.array([0.0, 0.5, 1.0, 1.0, 0.25, 0.75])
+    assert accuracy_interval(accuracies) == mean_interval(accuracies)
+    with pytest.raises(ValueError, match="no value"):
+        mean_interval(np.array([np.nan, np.nan]))
+    with pytest.raises(ValueError, match="'values'.*1-D"):
+        mean_interval(np.ones((2, 3)))
+
+
+def test_paired_difference_against_enumeration_and_bootstrap_and_drops_nan_pairs():
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(0.6, 0.3, size=10), rng.normal(0.3, 0.3, size=10)
+    d = x - y
+    # exact sign-flip distribution: all 2^10 sign patterns of |d_i| (no d_i is 0 here)
+    null = np.array([np.mean(np.array(signs) * np.abs(d)) for signs in itertools.product([-1, 1], repeat=len(d))])
+    for alternative, exact in (("greater", np.mean(null >= d.mean() - 1e-12)),
+                               ("less", np.mean(null <= d.mean() + 1e-12)),
+                               ("two-sided", np.mean(np.abs(null) >= abs(d.mean()) - 1e-12))):
+        comparison = paired_difference(x, y, alternative=alternative, seed=2)
+        assert comparison.p_value == pytest.approx(exact, abs=0.01), alternative
+        assert comparison.alternative == alternative and comparison.method.startswith("sign-flip")
+    comparison = paired_difference(x, y, seed=2)
+    assert comparison.difference == pytest.approx(d.mean()) and comparison.n == 10
+    assert (comparison.low, comparison.high) == pytest.approx(hand_bootstrap_interval(d, seed=2), abs=1e-12)
+    # a NaN on either side drops the pair: the same test as on the remaining pairs, n counts them
+    x_nan, y_nan = x.copy(), y.copy()
+    x_nan[2], y_nan[7] = np.nan, np.nan
+    keep = np.ones(10, dtype=bool)
+    keep[[2, 7]] = False
+    assert paired_difference(x_nan, y_nan, seed=2) == paired_difference(x[keep], y[keep], seed=2)
+    assert paired_difference(x_nan, y_nan).n == 8
+    # binary per-image outcomes: exact McNemar, as compare() on evaluation results
+    a, b = np.array([1, 1, 1, 0, 1, 0, 1, 1]), np.array([0, 0, 1, 0, 1, 1, 0, 0])
+    assert paired_difference(a, b) == compare(result(a), result(b))
+    assert paired_difference(a, b).method == "exact McNemar"
+    with pytest.raises(ValueError, match="shapes"):
+        paired_difference(x, y[:5])
+    with pytest.raises(ValueError, match="no pair"):
+        paired_difference(np.array([np.nan, 1.0]), np.array([0.0, np.nan]))

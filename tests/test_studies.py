@@ -1,7 +1,9 @@
 """Every study end to end on the tiny preset (one shared model cache), and the study layer's own pieces."""
 import json
+import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +11,9 @@ from snn_adv.attack_specs import at_eps
 from snn_adv.config import load_config
 from snn_adv.configs import config_path
 from snn_adv.studies import STUDIES, run_study
-from snn_adv.studies.layerwise import layer_activations, relative_change
+from snn_adv.studies.layerwise import layer_activations, relative_change, relative_change_per_image
 from snn_adv.zoo import ModelZoo
+from test_stats import hand_bootstrap_interval
 
 TINY = config_path("tiny")
 
@@ -35,7 +38,7 @@ def test_every_study_writes_table_csv_json_plots_and_cells(tiny_run):
         folder = out / name
         table = (folder / "table.md").read_text()
         assert table.startswith("| ")
-        sections = [(folder / f).read_text() for f in ("checks.md", "comparisons.md") if (folder / f).is_file()]
+        sections = [(folder / f).read_text() for f in ("checks.md", "comparisons.md", "growth.md") if (folder / f).is_file()]
         assert all(s in tables[name] for s in [table, *sections]), name  # what run_study returns is what it wrote
         assert (folder / "table.csv").is_file() and list(folder.glob("*.png")), name
         for cell in (folder / "cells").glob("*.json"):
@@ -110,7 +113,7 @@ def test_layerwise_relative_change_against_hand_computation(tiny_run):
     out, config, zoo, _ = tiny_run
     rows = _rows(out, "layerwise")
     assert {r["quantity"] for r in rows} == {"activation", "spike_rate", "membrane"}
-    assert all(r["relative_change_mean"] >= 0 for r in rows)
+    assert all(r["relative_change"] >= 0 for r in rows)
     # layer_activations of the ANN: the ReLU outputs, checked against running the body by hand
     ann = zoo.get("ann")
     x = torch.rand(4, 1, 28, 28)
@@ -123,6 +126,103 @@ def test_layerwise_relative_change_against_hand_computation(tiny_run):
     assert len(acts) == len(expected) and all(torch.allclose(a, b) for a, b in zip(acts, expected))
     a, b = torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[3.0, 5.0], [1.0, 1.0]])
     assert relative_change(a, b).tolist() == [pytest.approx(0.2)]  # the all-zero row is skipped
+    per_image = relative_change_per_image(a, b).tolist()  # ... or NaN in its place, keeping the image order
+    assert per_image[0] == pytest.approx(0.2) and math.isnan(per_image[1])
+
+
+def layerwise_cells_by_hand(out, config):
+    """``{(model label, perturbation, quantity): [layer][image] mean over the seeds where defined, or None}`` from
+    the layerwise cells, computed with plain loops; the model labels come from the table rows of each cell."""
+    seeds = config["eval_seeds"]
+    labels = {r["cell"]: r["model"] for r in _rows(out, "layerwise")}
+    values = {}
+    for path in (out / "layerwise" / "cells").glob("*.json"):
+        record = json.loads(path.read_text())
+        result = record["result"]
+        for quantity in {k.split("/")[0] for k in result if "/" in k}:
+            layers = []
+            for layer in range(len(result[f"{quantity}/{seeds[0]}"])):
+                per_image = []
+                for i in range(len(result[f"{quantity}/{seeds[0]}"][layer])):
+                    defined = [result[f"{quantity}/{e}"][layer][i] for e in seeds
+                               if result[f"{quantity}/{e}"][layer][i] is not None]
+                    per_image.append(sum(defined) / len(defined) if defined else None)
+                layers.append(per_image)
+            values[labels[path.stem], record["settings"]["perturbation"], quantity] = layers
+    return values
+
+
+def test_layerwise_rows_are_means_over_images_with_their_bootstrap_interval(tiny_run):
+    out, config, _, _ = tiny_run
+    n = config["studies"]["layerwise"].get("test_count", config["data"]["test_count"])
+    rows = {(r["model"], r["perturbation"], r["quantity"], r["layer"]): r for r in _rows(out, "layerwise")}
+    by_hand = layerwise_cells_by_hand(out, config)
+    assert len(config["eval_seeds"]) > 1 and len(rows) == sum(len(layers) for layers in by_hand.values())
+    bootstrapped = set()
+    for (model, perturbation, quantity), layers in by_hand.items():
+        for layer, per_image in enumerate(layers, 1):
+            assert len(per_image) == n  # one value per image: paired across cells
+            defined = np.array([v for v in per_image if v is not None])
+            row = rows[model, perturbation, quantity, layer]
+            assert row["n_images"] == len(defined) > 0
+            assert row["relative_change"] == pytest.approx(defined.mean(), rel=1e-12)
+            assert row["relative_change_low"] <= row["relative_change"] <= row["relative_change_high"]
+            if quantity not in bootstrapped:  # the interval is the percentile bootstrap over images (seed 0)
+                bootstrapped.add(quantity)
+                assert (row["relative_change_low"], row["relative_change_high"]) == pytest.approx(
+                    hand_bootstrap_interval(defined), abs=1e-12)
+    assert bootstrapped == {"activation", "spike_rate", "membrane"}
+    assert "relative_change [low, high]" in (out / "layerwise" / "table.md").read_text()
+
+
+def test_layerwise_growth_is_the_paired_difference_of_the_cells_per_image_values(tiny_run):
+    out, config, _, tables = tiny_run
+    by_hand = layerwise_cells_by_hand(out, config)
+    growth = _rows(out, "layerwise", "growth")
+    within = {(r["model"], r["perturbation"], r["quantity"]): r for r in growth if " vs " not in r["model"]}
+    between = {(r["model"], r["perturbation"]): r for r in growth if " vs " in r["model"]}
+    assert within.keys() == by_hand.keys() and len(within) + len(between) == len(growth)
+
+    def check(row, differences, grows, shrinks):
+        assert row["n_images"] == len(differences) > 0
+        assert row["difference"] == pytest.approx(sum(differences) / len(differences), rel=1e-9, abs=1e-15)
+        assert row["difference_low"] <= row["difference"] <= row["difference_high"]
+        expected = "inconclusive" if row["p_value"] >= 0.05 else grows if row["difference"] > 0 else shrinks
+        assert row["verdict"] == expected
+
+    for key, row in within.items():  # last hidden layer minus the first, over the images where both are defined
+        first, last = by_hand[key][0], by_hand[key][-1]
+        assert row["comparison"] == f"layer {len(by_hand[key])} - layer 1"
+        check(row, [b - a for a, b in zip(first, last) if a is not None and b is not None], "grows", "shrinks")
+
+    def log_growth(layers):
+        return [math.log(b / a) if a and b else None for a, b in zip(layers[0], layers[-1])]
+
+    models = {m for m, _, q in by_hand if q == "spike_rate"}
+    assert between.keys() == {(f"{snn} vs ANN", p) for snn in models for p in config["studies"]["layerwise"]["perturbations"]}
+    for (pair, perturbation), row in between.items():
+        snn = pair.split(" vs ")[0]
+        ann = log_growth(by_hand["ANN", perturbation, "activation"])
+        spiking = log_growth(by_hand[snn, perturbation, "spike_rate"])
+        check(row, [s - a for s, a in zip(spiking, ann) if s is not None and a is not None],
+              f"{snn} grows more", f"{snn} grows less")
+    assert "Growth of the perturbation" in tables["layerwise"]
+
+
+def test_layerwise_per_image_means_skip_undefined_seeds_and_growth_reports_no_pairs():
+    from snn_adv.studies.layerwise import growth_rows, per_image_changes
+
+    # 2 seeds x 2 layers x 3 images; None = the clean activation of that image was all zero under that seed
+    result = {"spike_rate/0": [[0.1, None, None], [0.2, 0.3, None]], "spike_rate/1": [[0.3, 0.5, None], [0.4, None, None]]}
+    changes = per_image_changes(result, "spike_rate", [0, 1])
+    assert changes.shape == (2, 3) and np.isnan(changes[:, 2]).all()
+    assert changes[:, :2].flatten().tolist() == pytest.approx([0.2, 0.5, 0.3, 0.3])
+    silent = {("snn", "whitebox", "spike_rate"): np.array([[np.nan, np.nan], [0.1, 0.2]]),
+              ("ann", "whitebox", "activation"): np.array([[0.1, 0.2], [0.3, 0.5]])}
+    rows = growth_rows(silent, {"snn": "SNN", "ann": "ANN"})
+    assert [(r["model"], r["n_images"], r["verdict"], r["difference"]) for r in rows] == [
+        ("SNN", 0, "no image with both values", None), ("ANN", 2, "inconclusive", pytest.approx(0.25)),
+        ("SNN vs ANN", 0, "no image with both values", None)]
 
 
 def test_snn_layer_activations_are_rates_and_membranes(tiny_run):

@@ -11,6 +11,8 @@ difference, its interval and the p-value in ``values``. Suspicious, i.e. signs o
 - ``more_steps_do_not_help`` / ``more_restarts_do_not_help``: more effort significantly lowers the accuracy;
 - ``whitebox_not_weaker_than_transfer[<source>]``: the whitebox attack significantly weaker than transfer from
   that source (a separately trained model, the ANN twin);
+- ``not_weaker_than_<reference>`` (:func:`check_not_weaker`): an attack of at least the reference's effort (PGD
+  after FGSM, EOT, a worst case over it) leaves significantly more accuracy;
 - ``gradient_free_not_stronger``: Square significantly stronger than the gradient attack;
 - ``minimal_norm_not_more_robust[<attack>]``: a minimal-norm attack (FAB, DeepFool, CW) significantly weaker than
   PGD, each counted as successful only within the budget (L2 attacks: the L2 ball ``eps*sqrt(d)`` that contains the
@@ -42,6 +44,7 @@ __all__ = [
     "check_minimal_norm",
     "check_monotone_in_eps",
     "check_more_effort",
+    "check_not_weaker",
     "check_whitebox_vs_transfer",
     "sanity_checks",
     "seed_spread",
@@ -120,6 +123,15 @@ def check_more_effort(base: EvaluationResult, more: EvaluationResult, what: str,
     return _paired_check(f"more_{what}_do_not_help", comparison, level,
                          f"accuracy {_pct(base.adversarial_accuracy)} -> {_pct(more.adversarial_accuracy)} with more {what}",
                          accuracy=base.adversarial_accuracy, accuracy_more=more.adversarial_accuracy)
+
+
+def check_not_weaker(attack: EvaluationResult, reference: EvaluationResult, name: str, what: str,
+                     level: float = 0.95) -> Check:
+    """An attack that is at least the ``reference``'s effort (PGD after FGSM, EOT, a worst case over it) must not
+    leave significantly more accuracy: a one-sided paired test of ``accuracy(attack) > accuracy(reference)``.
+    ``name`` names the check, ``what`` describes the pair in its detail."""
+    return _paired_check(name, compare(attack, reference, alternative="greater"), level, what,
+                         attack=attack.adversarial_accuracy, reference=reference.adversarial_accuracy)
 
 
 def check_whitebox_vs_transfer(whitebox: EvaluationResult, transfer: EvaluationResult, source: str = "source",

@@ -28,7 +28,7 @@ from ..zoo import ModelZoo
 LEVEL = 0.95
 
 __all__ = ["StudyContext", "check_evaluation_data", "evaluate_condition", "interval_columns", "public_config", "record_comparisons",
-           "record_checks", "results_of"]
+           "record_checks", "results_of", "verdict"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,15 +196,21 @@ def interval_columns(result: EvaluationResult, kind: str, column: str, level: fl
     return {column: 100 * result.accuracy(kind), f"{column}_low": 100 * low, f"{column}_high": 100 * high}
 
 
+def verdict(comparison: Comparison, positive: str, negative: str, level: float = LEVEL) -> str:
+    """``positive`` or ``negative`` when the paired test rejects a zero difference at ``level`` (by the sign of the
+    difference), else ``"inconclusive"``."""
+    if not comparison.significant(level):
+        return "inconclusive"
+    return positive if comparison.difference > 0 else negative
+
+
 def comparison_row(what: str, a: str, b: str, comparison: Comparison, level: float = LEVEL) -> Dict[str, Any]:
     """One row of ``comparisons.*``: the paired difference ``a - b`` in points with its interval, the p-value and
     the verdict (which is higher, or inconclusive when the test does not reject equality at ``level``)."""
-    verdict = "inconclusive"
-    if comparison.significant(level):
-        verdict = f"{a} higher" if comparison.difference > 0 else f"{b} higher"
     return {"comparison": what, "a": a, "b": b, "difference": 100 * comparison.difference,
             "difference_low": 100 * comparison.low, "difference_high": 100 * comparison.high,
-            "p_value": comparison.p_value, "method": comparison.method, "n_images": comparison.n, "verdict": verdict}
+            "p_value": comparison.p_value, "method": comparison.method, "n_images": comparison.n,
+            "verdict": verdict(comparison, f"{a} higher", f"{b} higher", level)}
 
 
 COMPARISON_COLUMNS = ["comparison", "a", "b", "difference", "difference_low", "difference_high", "p_value", "verdict",
@@ -218,20 +224,6 @@ def record_comparisons(ctx: StudyContext, rows: Sequence[Mapping[str, Any]]) -> 
     markdown = ctx.write(rows, COMPARISON_COLUMNS, stem="comparisons")
     return (f"\nPaired comparisons on the same images (difference a - b in accuracy points, {LEVEL:.0%} interval; "
             f"verdict at p < {1 - LEVEL:.2f}):\n\n" + markdown)
-
-
-def check_not_weaker(attack: EvaluationResult, reference: EvaluationResult, name: str, what: str,
-                     level: float = LEVEL) -> Check:
-    """An attack that is at least the ``reference``'s effort (PGD after FGSM, EOT, a worst case over it) must not
-    leave significantly more accuracy: a one-sided paired test of ``accuracy(attack) > accuracy(reference)``."""
-    from ..stats import compare
-
-    comparison = compare(attack, reference, alternative="greater")
-    failed = comparison.significant(level)
-    detail = f"{what}: {comparison}" + (" -- significant, possible gradient masking" if failed else "")
-    return Check(name, not failed, detail, {"attack": attack.adversarial_accuracy,
-                                            "reference": reference.adversarial_accuracy,
-                                            "comparison": comparison.to_dict(), "level": level})
 
 
 def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:

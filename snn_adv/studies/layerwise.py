@@ -1,26 +1,42 @@
-"""Study ``layerwise``: how a perturbation propagates through the layers. Per layer, the relative change
-``||a(x') - a(x)|| / ||a(x)||`` of ANN activations, SNN spike rates and membrane potentials (same Poisson draws for
-the clean and the perturbed pass, so only the perturbation differs), for perturbations crafted on each model itself
-(whitebox) or on the ANN source (transfer)."""
+r"""Study ``layerwise``: how a perturbation propagates through the layers. Per layer and image, the relative change
+``r_l(x) = ||a_l(x') - a_l(x)|| / ||a_l(x)||`` of ANN activations, SNN spike rates and membrane potentials (same
+Poisson draws for the clean and the perturbed pass, so only the perturbation differs), for perturbations crafted on
+each model itself (whitebox) or on the ANN source (transfer).
+
+Outputs: ``table.*``, per layer the mean over images of the per-image mean over Poisson seeds with its 95 %
+bootstrap interval over images; ``growth.*``, paired tests on the same images of the paper's claim "perturbations
+grow through ReLU layers and shrink through LIF layers": per model, ``r_last - r_first`` (last minus first hidden
+layer), and per SNN against the ANN under the same perturbation, the difference of the per-image log growth
+``log(r_last / r_first)`` of its spike rates and of the ANN's activations.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .. import plots
 from ..attack_specs import attack_label, build_attack
-from ..cells import cell_key, mean_std
+from ..cells import cell_key
 from ..classifier import SpikingClassifier
 from ..distributed import dist_info
 from ..encoding import fixed_noise
 from ..neurons import LeakyLIFNode
 from ..seeds import derive_seed
+from ..stats import mean_interval, paired_difference
 from ..zoo import LABELS
-from .common import StudyContext
+from .common import LEVEL, StudyContext, verdict
 
-__all__ = ["layer_activations", "relative_change", "run"]
+__all__ = ["GROWTH_COLUMNS", "TABLE_COLUMNS", "growth_rows", "layer_activations", "per_image_changes",
+           "relative_change", "relative_change_per_image", "run"]
+
+TABLE_COLUMNS = ["model", "perturbation", "quantity", "layer", "relative_change", "relative_change_low",
+                 "relative_change_high", "n_images", "input_relative_change", "cell"]
+GROWTH_COLUMNS = ["model", "perturbation", "quantity", "comparison", "difference", "difference_low", "difference_high",
+                  "p_value", "verdict", "method", "n_images"]
 
 
 def layer_activations(model: nn.Module, images: torch.Tensor) -> Dict[str, List[torch.Tensor]]:
@@ -56,20 +72,98 @@ def layer_activations(model: nn.Module, images: torch.Tensor) -> Dict[str, List[
     return out
 
 
+def relative_change_per_image(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """Per image (row) ``||a(x_adv) - a(x)||_2 / ||a(x)||_2``, NaN where the clean activation is all zero (the
+    relative change of that image is undefined); one value per row, in row order."""
+    norm = clean.norm(dim=1)
+    change = (perturbed - clean).norm(dim=1)
+    return torch.where(norm > 0, change / norm, torch.full_like(norm, math.nan))
+
+
 def relative_change(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
     """Per image ``||a(x_adv) - a(x)||_2 / ||a(x)||_2`` (images whose clean activation is all zero are skipped)."""
-    norm = clean.norm(dim=1)
-    keep = norm > 0
-    return (perturbed - clean)[keep].norm(dim=1) / norm[keep]
+    change = relative_change_per_image(clean, perturbed)
+    return change[~change.isnan()]
+
+
+def _json_values(values: torch.Tensor) -> List[Optional[float]]:
+    """A cell's list of per-image values: NaN (undefined) as None, which JSON can hold."""
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
+def per_image_changes(result: Mapping[str, Any], quantity: str, seeds: Sequence[int]) -> np.ndarray:
+    """``[layers, images]``: each image's relative change per layer, averaged over the scoring ``seeds`` under which
+    it is defined (NaN where it is undefined under every seed), from a cell ``result``."""
+    values = np.array([result[f"{quantity}/{e}"] for e in seeds], dtype=float)  # [seeds, layers, images], None -> NaN
+    defined = ~np.isnan(values)
+    counts = defined.sum(0)
+    return np.where(counts > 0, np.where(defined, values, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
+
+
+def _log_growth(changes: np.ndarray) -> np.ndarray:
+    """Per image ``log(r_last / r_first)``; NaN where it is undefined (a change of 0 or NaN at either layer)."""
+    first, last = changes[0], changes[-1]
+    defined = (first > 0) & (last > 0)
+    return np.where(defined, np.log(np.where(defined, last, 1.0) / np.where(defined, first, 1.0)), np.nan)
+
+
+def _growth_row(model: str, perturbation: str, quantity: str, what: str, x: np.ndarray, y: np.ndarray,
+                positive: str, negative: str) -> Dict[str, Any]:
+    """A row of ``growth.*``: :func:`snn_adv.stats.paired_difference` of ``x - y`` over the images where both are
+    defined, with the verdict ``positive`` / ``negative`` / inconclusive; empty values when no image has both."""
+    row = {"model": model, "perturbation": perturbation, "quantity": quantity, "comparison": what}
+    if np.isnan(x - y).all():
+        return {**row, "difference": None, "difference_low": None, "difference_high": None, "p_value": None,
+                "verdict": "no image with both values", "method": None, "n_images": 0}
+    comparison = paired_difference(x, y, LEVEL)
+    return {**row, "difference": comparison.difference, "difference_low": comparison.low,
+            "difference_high": comparison.high, "p_value": comparison.p_value,
+            "verdict": verdict(comparison, positive, negative), "method": comparison.method, "n_images": comparison.n}
+
+
+def growth_rows(changes: Mapping[tuple, np.ndarray], labels: Mapping[str, str]) -> List[Dict[str, Any]]:
+    """The rows of ``growth.*`` from ``changes[(model, perturbation, quantity)]`` (:func:`per_image_changes` of a
+    cell; ``labels[model]`` the model's label): per model and quantity, the paired difference of the relative
+    change at the last minus the first hidden layer ("grows" / "shrinks" / inconclusive at p < 0.05); per SNN
+    (quantity ``spike_rate``) and ANN (``activation``) under the same perturbation, the paired difference of the
+    per-image log growth of the SNN's spike rates minus the ANN's activations (images where either is undefined
+    are dropped)."""
+    rows = []
+    for (model, perturbation, quantity), values in changes.items():
+        if len(values) > 1:
+            rows.append(_growth_row(labels[model], perturbation, quantity, f"layer {len(values)} - layer 1",
+                                    values[-1], values[0], "grows", "shrinks"))
+    for (ann, perturbation, quantity), ann_values in changes.items():
+        if quantity != "activation" or len(ann_values) < 2:
+            continue
+        for (snn, other, snn_quantity), snn_values in changes.items():
+            if other == perturbation and snn_quantity == "spike_rate" and len(snn_values) > 1:
+                rows.append(_growth_row(f"{labels[snn]} vs {labels[ann]}", perturbation, "spike_rate vs activation",
+                                        "log(r_last / r_first): SNN - ANN", _log_growth(snn_values),
+                                        _log_growth(ann_values), f"{labels[snn]} grows more",
+                                        f"{labels[snn]} grows less"))
+    return rows
+
+
+def _change_columns(values: np.ndarray) -> Dict[str, Any]:
+    """``relative_change`` (mean over the images where it is defined), its bootstrap interval and ``n_images``."""
+    n = int((~np.isnan(values)).sum())
+    if n == 0:
+        return {"relative_change": None, "relative_change_low": None, "relative_change_high": None, "n_images": 0}
+    low, high = mean_interval(values, LEVEL)
+    return {"relative_change": float(np.nanmean(values)), "relative_change_low": low, "relative_change_high": high,
+            "n_images": n}
 
 
 def run(ctx: StudyContext) -> str:
-    """Relative change per layer, same Poisson draws for the clean and the perturbed pass (so only the
-    perturbation differs). Perturbations: crafted on each model itself (whitebox) or on the ANN source (transfer)."""
+    """Relative change per layer and image, same Poisson draws for the clean and the perturbed pass (so only the
+    perturbation differs). Perturbations: crafted on each model itself (whitebox) or on the ANN source (transfer).
+    Returns the table and the growth tests as markdown."""
     zoo, section = ctx.zoo, ctx.section
     variants = section["models"]  # [{"kind": ..., "leak": ...}]
+    # values="per_image": a cell holds every image's relative change (cells of older versions held means)
     cells = [ctx.cell(kind=v["kind"], model=zoo.key(v["kind"]), knobs={k: x for k, x in v.items() if k != "kind"},
-                      attack=section["attack"], perturbation=p,
+                      attack=section["attack"], perturbation=p, values="per_image",
                       source=zoo.key("ann", "source") if p == "transfer" else None)
              for v in variants for p in section["perturbations"]]
 
@@ -85,38 +179,43 @@ def run(ctx: StudyContext) -> str:
         for e in ctx.eval_seeds:
             with fixed_noise(model, derive_seed(seed, "eval", e)):  # one Poisson draw for the clean and the adv pass
                 acts = {tag: layer_activations(model, x) for tag, x in (("clean", images), ("adv", adversarial))}
-            for quantity, layers in acts["clean"].items():
-                result[f"{quantity}/{e}"] = [relative_change(c, a).mean().item() for c, a in zip(layers, acts["adv"][quantity])]
-        result["input"] = relative_change(images.flatten(1), adversarial.flatten(1)).mean().item()
+            for quantity, layers in acts["clean"].items():  # per layer, per image in data order (paired over cells)
+                result[f"{quantity}/{e}"] = [_json_values(relative_change_per_image(c, a))
+                                             for c, a in zip(layers, acts["adv"][quantity])]
+        result["input"] = _json_values(relative_change_per_image(images.flatten(1), adversarial.flatten(1)))
         return result
 
     records = ctx.run(cells, compute)
-    rows = []
+    rows, changes, labels = [], {}, {}
     for record in records:
         s, result = record["settings"], record["result"]
-        label = LABELS[s["kind"]] + (f" (leak {s['knobs']['leak']:g})" if "leak" in s["knobs"] else "")
+        key = cell_key(s)
+        labels[key] = LABELS[s["kind"]] + (f" (leak {s['knobs']['leak']:g})" if "leak" in s["knobs"] else "")
+        input_change = float(np.nanmean(np.array(result["input"], dtype=float)))
         for quantity in sorted({k.split("/")[0] for k in result if "/" in k}):
-            per_seed = [result[f"{quantity}/{e}"] for e in ctx.eval_seeds]
-            for layer in range(len(per_seed[0])):
-                stats = mean_std(values[layer] for values in per_seed)
-                rows.append({"model": label, "perturbation": s["perturbation"], "quantity": quantity,
-                             "layer": layer + 1, "relative_change_mean": stats["mean"], "relative_change_std": stats["std"],
-                             "input_relative_change": result["input"], "cell": cell_key(s)})
-    markdown = ctx.write(rows, ["model", "perturbation", "quantity", "layer", "relative_change_mean",
-                                "relative_change_std", "input_relative_change", "cell"])
+            changes[key, s["perturbation"], quantity] = per_image_changes(result, quantity, ctx.eval_seeds)
+            for layer, values in enumerate(changes[key, s["perturbation"], quantity], 1):
+                rows.append({"model": labels[key], "perturbation": s["perturbation"], "quantity": quantity,
+                             "layer": layer, **_change_columns(values), "input_relative_change": input_change,
+                             "cell": key})
+    markdown = ctx.write(rows, TABLE_COLUMNS)
+    growth = ctx.write(growth_rows(changes, labels), GROWTH_COLUMNS, stem="growth")
     if dist_info().is_main:
+        markdown += (f"\nGrowth of the perturbation, paired over the same images ({LEVEL:.0%} bootstrap interval, "
+                     f"sign-flip test, verdict at p < {1 - LEVEL:.2f}): relative change at the last minus the first "
+                     "hidden layer, and the per-image log growth log(r_last / r_first) of each SNN's spike rates "
+                     "minus the ANN's activations:\n\n" + growth)
         names = {"activation": "ANN activations", "spike_rate": "spike rates", "membrane": "membrane potentials"}
         for perturbation in section["perturbations"]:
             for quantities in (("activation", "spike_rate"), ("activation", "membrane")):
                 subset = [dict(r, series=f"{r['model']}: {names[r['quantity']]}") for r in rows
-                          if r["perturbation"] == perturbation and r["quantity"] in quantities]
-                series = plots.series_from_rows(subset, series="series", x="layer", y="relative_change_mean",
-                                                std="relative_change_std")
+                          if r["perturbation"] == perturbation and r["quantity"] in quantities
+                          and r["relative_change"] is not None]
+                series = plots.series_from_rows(subset, series="series", x="layer", y="relative_change",
+                                                low="relative_change_low", high="relative_change_high")
                 plots.plot_lines(series, ctx.out / f"{perturbation}_{quantities[1]}.png",
                                  xlabel="layer (input side first)", ylabel="relative change ||a'-a|| / ||a||",
                                  title=f"Perturbation propagation, {perturbation} perturbation "
-                                       f"({attack_label(section['attack'])})", xscale="linear", note=ctx.note())
+                                       f"({attack_label(section['attack'])})", xscale="linear",
+                                 note=ctx.note())
     return markdown
-
-
-

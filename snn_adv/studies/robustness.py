@@ -20,11 +20,11 @@ from ..attack_specs import attack_label, check_protocols
 from ..cells import cell_key, markdown_table
 from ..distributed import dist_info
 from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, EvaluationResult, check_gradient_free, check_minimal_norm,
-                          check_more_effort, check_whitebox_vs_transfer)
+                          check_more_effort, check_not_weaker, check_whitebox_vs_transfer)
 from ..stats import compare
 from ..zoo import KINDS, LABELS
-from .common import (NO_GRADIENT, StudyContext, check_not_weaker, comparison_row, evaluate_condition,
-                     interval_columns, record_checks, record_comparisons, results_of)
+from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, interval_columns, record_checks,
+                     record_comparisons, results_of)
 
 __all__ = ["ROW_COLUMNS", "attack_checks", "condition_of", "evaluate_models", "run", "summarise", "table_study"]
 
