@@ -20,9 +20,8 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .io import PathLike, atomic_write, atomic_write_json, provenance
@@ -37,7 +36,6 @@ __all__ = [
     "run_cells",
     "write_table",
     "markdown_table",
-    "mean_std",
 ]
 
 Settings = Mapping[str, Any]
@@ -161,15 +159,6 @@ def run_cells(
 # --------------------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------------------
-def mean_std(values: Iterable[float]) -> Dict[str, float]:
-    """Mean, sample standard deviation (0 for one value) and count: the error bars over Poisson seeds."""
-    array = np.asarray(list(values), dtype=float)
-    if array.size == 0:
-        raise ValueError("argument 'values': need at least one value")
-    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
-    return {"mean": float(array.mean()), "std": std, "n": int(array.size)}
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
