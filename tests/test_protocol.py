@@ -108,3 +108,24 @@ def test_within_budget_keeps_only_outputs_inside_the_ball(ann, data):
     assert torch.equal(l2[inside2], raw[inside2]) and torch.equal(l2[~inside2], x[~inside2])
     with pytest.raises(ValueError, match="norm"):
         within_budget(Fixed(ann), 0.1, "L1")
+
+
+def test_foolbox_boundary_attack_needs_and_works_under_fixed_noise(snn, data):
+    """A decision-based attack assumes a deterministic model: on the Poisson SNN its starting points found under one
+    draw are clean under the next, so it cannot start; under fixed_noise it runs and every result it calls
+    adversarial is misclassified on that draw."""
+    foolbox = pytest.importorskip("foolbox")
+    x, y = data[0][:16], data[1][:16]
+    with torch.no_grad(), fixed_noise(snn, seed=0):
+        correct = snn(x).argmax(1) == y
+    x, y = x[correct][:4], y[correct][:4]
+    attack = foolbox.attacks.BoundaryAttack(steps=50)
+    torch.manual_seed(0)  # foolbox draws its noise from torch's global generator
+    with fixed_noise(snn, seed=0):
+        _, adversarial, success = attack(foolbox.PyTorchModel(snn, bounds=(0, 1)), x, y, epsilons=None)
+        with torch.no_grad():
+            fooled = snn(adversarial).argmax(1) != y
+    assert success.all() and torch.equal(fooled, success)
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    with pytest.raises(ValueError, match="init_attack failed"):
+        attack(foolbox.PyTorchModel(snn, bounds=(0, 1)), x, y, epsilons=None)
