@@ -251,7 +251,8 @@ KINDS = ListOf(KIND, unique=True)
 _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
              "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
              "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT,
-             "nesterov": FLAG, "warmup_epochs": Value("int", minimum=0)}
+             "nesterov": FLAG, "warmup_epochs": Value("int", minimum=0),
+             "precision": Value("str", choices=("float32", "bfloat16"))}
 
 _TEST_COUNT = {"test_count": COUNT}
 STUDY_SECTIONS: Dict[str, Section] = {

@@ -28,10 +28,13 @@ from .io import PathLike, atomic_write
 from .progress import describe, log, progress as progress_bar
 from .validation import check_choice, check_positive, check_positive_int
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "evaluate_clean", "lr_factor", "seed_everything", "train", "train_ann", "train_snn"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "evaluate_clean", "lr_factor", "seed_everything", "train", "train_ann", "train_snn"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
+#: arithmetic of the training forward: float32, or bfloat16 autocast (mixed precision: weights, optimiser and the
+#: backward's accumulation stay float32; about 1.9x faster for VGG5 on a CPU with AVX-512 BF16)
+PRECISIONS = ("float32", "bfloat16")
 
 
 def seed_everything(seed: int) -> None:
@@ -109,6 +112,7 @@ def train(
     on_epoch_end: Optional[Callable[[Dict[str, float]], None]] = None,
     on_epoch_start: Optional[Callable[[int], None]] = None,
     checkpoint: Optional[PathLike] = None,
+    precision: str = "float32",
 ) -> List[Dict[str, float]]:
     """Train ``model`` in place with cross-entropy on its logits; returns one record per epoch
     ``{epoch, lr, train_loss, train_accuracy, test_loss, test_accuracy}`` (test entries when ``test_loader``).
@@ -122,6 +126,8 @@ def train(
     :param on_epoch_end: called with each epoch's record.
     :param on_epoch_start: called with each epoch's number (from 1) before it runs, resumed or not (e.g. a
         sampler's ``set_epoch``).
+    :param precision: ``'float32'``, or ``'bfloat16'`` for the forward under :func:`torch.autocast` (mixed
+        precision; see :data:`PRECISIONS`). Evaluation is unaffected: a trained model runs in float32.
     :param checkpoint: a file holding the training state after each epoch (model, optimiser, schedule, history and
         every random generator), written atomically. Where it exists, training resumes after its last epoch, so a
         killed run loses at most the epoch in progress and ends with the same weights as an uninterrupted one. It
@@ -130,6 +136,7 @@ def train(
     epochs = check_positive_int("epochs", epochs)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, SCHEDULES)
+    check_choice("precision", precision, PRECISIONS)
     lr, weight_decay = check_positive("lr", lr), float(weight_decay)
     if weight_decay < 0:
         raise ValueError(f"argument 'weight_decay' = {weight_decay}: must be >= 0")
@@ -144,7 +151,7 @@ def train(
     history: List[Dict[str, float]] = []
     arguments = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                  "schedule": schedule, "nesterov": bool(nesterov), "warmup_epochs": warmup_epochs, "seed": seed,
-                 "micro_batch": micro_batch, "max_batches": max_batches}
+                 "micro_batch": micro_batch, "max_batches": max_batches, "precision": precision}
     if checkpoint is not None and Path(checkpoint).is_file():
         history = _resume(checkpoint, arguments, model, opt, sched)
         if progress:
@@ -165,8 +172,9 @@ def train(
             size = micro_batch or len(labels)
             for piece in range(0, len(labels), size):
                 x, y = images[piece : piece + size], labels[piece : piece + size]
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, reduction="sum")
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, reduction="sum")
                 (loss / len(labels)).backward()
                 loss_sum += loss.item()
                 correct += (logits.argmax(1) == y).sum().item()

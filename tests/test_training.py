@@ -86,6 +86,7 @@ def test_an_empty_loader_is_an_error_not_a_zero_loss(fmnist):
     (dict(lr=-1.0), "'lr' = -1.0"),
     (dict(micro_batch=0), "'micro_batch' = 0"),
     (dict(weight_decay=-1.0), "'weight_decay' = -1.0"),
+    (dict(precision="float16"), "'precision' = 'float16'"),
 ])
 def test_bad_arguments(fmnist, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -137,3 +138,18 @@ def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(fmnis
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters()))
     with pytest.raises(ValueError, match="other training arguments"):
         run(init_seed=5, checkpoint=state, epochs=4)
+
+
+def test_bfloat16_training_runs_the_forward_in_bfloat16_keeps_float32_weights_and_learns(fmnist):
+    torch.manual_seed(0)
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled")
+    dtypes = []
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    history = train(model, _small(fmnist, 1000), epochs=2, optimizer="adam", lr=3e-3, precision="bfloat16",
+                    progress=False)
+    assert set(dtypes) == {torch.bfloat16} and all(p.dtype == torch.float32 for p in model.parameters())
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    dtypes.clear()
+    test = loader(fmnist.test_x[:200], fmnist.test_y[:200], 200)
+    assert evaluate_clean(model, test)["accuracy"] > 0.6 and dtypes == [torch.float32]  # evaluation in float32
