@@ -48,6 +48,11 @@ KEEP_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_
                  "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
+def _backends(device: torch.device) -> List[str]:
+    """Our neuron's backends to measure: torch, and CuPy on CUDA where it is installed."""
+    return ["torch"] + (["cupy"] if device.type == "cuda" and cupy_available() else [])
+
+
 def build_models(device: torch.device, timesteps: int, time_chunks: Sequence[int] = ()) -> Dict[str, nn.Module]:
     """ANN, our SNN (torch and, on CUDA, cupy backend; also run ``c`` timesteps at a time for each ``c`` of
     ``time_chunks``) and the stock-SpikingJelly SNN, all on one body."""
@@ -55,9 +60,8 @@ def build_models(device: torch.device, timesteps: int, time_chunks: Sequence[int
     ann = vgg5(in_channels=3, num_classes=10, input_size=32).to(device).eval()
     ann.requires_grad_(False)
     norm = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
-    backends = ["torch"] + (["cupy"] if device.type == "cuda" and cupy_available() else [])
     models: Dict[str, nn.Module] = {"ann": AnnClassifier(ann, **norm).to(device).eval()}
-    for backend in backends:
+    for backend in _backends(device):
         body = spiking_twin(ann, neuron_factory=lambda: LeakyLIFNode(LEAK, V_TH, PiecewiseLinear(), backend=backend))
         models[f"ours_{backend}"] = SpikingClassifier(body, PoissonEncoder(seed=0), timesteps, **norm).to(device).eval()
         for chunk in time_chunks if backend == "torch" else ():
@@ -187,7 +191,7 @@ def memory_rows(device: torch.device, timesteps: int = 100, batch: int = 32) -> 
     import multiprocessing
 
     out: Dict = {"T": timesteps, "batch": batch}
-    names = list(build_models(device, 1))
+    names = ["ann", *(f"ours_{backend}" for backend in _backends(device)), "stock"]  # the keys of build_models
     context = multiprocessing.get_context("spawn")
     for name in tqdm(names, desc=f"memory T={timesteps}", file=sys.stderr):
         with context.Pool(1) as pool:
