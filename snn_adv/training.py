@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
@@ -209,9 +210,12 @@ def _save_training_state(path: PathLike, arguments: Dict[str, Any], model: nn.Mo
     """Write everything the next epoch depends on (rank 0 only under torchrun)."""
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {"arguments": arguments, "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "rng": {
-                 "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                 "python": random.getstate(), "torch": torch.get_rng_state(),
+                 # numpy's key array as a tensor, so that the file loads with torch's safe (weights-only) unpickler
+                 "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}}
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
@@ -220,7 +224,11 @@ def _save_training_state(path: PathLike, arguments: Dict[str, Any], model: nn.Mo
 def _resume(path: PathLike, arguments: Dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
             sched: Any) -> List[Dict[str, float]]:
     """Restore the state :func:`_save_training_state` wrote; return the finished epochs' history."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"training checkpoint {str(path)!r} holds objects that safe loading refuses ({error!s:.120}): "
+                         "delete it to train from scratch") from error
     if state["arguments"] != arguments:
         raise ValueError(f"training checkpoint {str(path)!r} was written with other training arguments "
                          f"({state['arguments']}, now {arguments}): delete it to train from scratch")
@@ -229,7 +237,8 @@ def _resume(path: PathLike, arguments: Dict[str, Any], model: nn.Module, opt: to
     sched.load_state_dict(state["scheduler"])
     rng = state["rng"]
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -110,6 +110,9 @@ def test_cli_train_convert_train_snn(tmp_path, capsys):
 
 
 def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(fmnist, tmp_path):
+    import random
+
+    import numpy as np
     from torch.utils.data import TensorDataset
 
     from snn_adv.distributed import distributed_loader
@@ -125,19 +128,27 @@ def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(fmnis
             if record["epoch"] == stop_after:
                 raise KeyboardInterrupt  # the kill, after the epoch's state was written
 
-        history = train(model, data, epochs=epochs, seed=1, progress=False, checkpoint=checkpoint,
-                        on_epoch_start=lambda epoch: sampler.set_epoch(epoch - 1), on_epoch_end=stop)
-        return model, history
+        def start(epoch):
+            sampler.set_epoch(epoch - 1)
+            draws[epoch] = (random.random(), float(np.random.rand()))  # the host generators carry on too
 
-    reference, reference_history = run(init_seed=5)
+        draws = {}
+        history = train(model, data, epochs=epochs, seed=1, progress=False, checkpoint=checkpoint,
+                        on_epoch_start=start, on_epoch_end=stop)
+        return model, history, draws
+
+    reference, reference_history, reference_draws = run(init_seed=5)
     state = tmp_path / "ann.pt.partial"
     with pytest.raises(KeyboardInterrupt):
         run(init_seed=5, checkpoint=state, stop_after=2)
-    resumed, history = run(init_seed=6, checkpoint=state)  # another init: the weights come from the state file
-    assert history == reference_history
+    resumed, history, draws = run(init_seed=6, checkpoint=state)  # another init: the weights come from the state file
+    assert history == reference_history and draws == {3: reference_draws[3]}
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters()))
     with pytest.raises(ValueError, match="other training arguments"):
         run(init_seed=5, checkpoint=state, epochs=4)
+    torch.save({"rng": np.random.get_state()}, state)  # a numpy array: refused by the safe unpickler, never run
+    with pytest.raises(ValueError, match="safe loading refuses"):
+        run(init_seed=5, checkpoint=state)
 
 
 def test_bfloat16_training_runs_the_forward_in_bfloat16_keeps_float32_weights_and_learns(fmnist):
