@@ -3,7 +3,8 @@
 For VGG5 on 3x32x32 images, one process, interleaved repeats (medians), weights not requiring grad:
 
 * ``ours``:  :class:`~snn_adv.classifier.SpikingClassifier` with :class:`~snn_adv.neurons.LeakyLIFNode`
-  (torch backend; on CUDA also the CuPy backend), in ``eval()`` as attacks run it;
+  (torch backend; on CUDA also the CuPy backend), in ``eval()`` as attacks run it; ``ours_torch_recompute``: the
+  same with :func:`~snn_adv.models.recompute_currents` (input currents recomputed in the backward);
 * ``stock``: the same network with SpikingJelly's stock ``LIFNode`` and layers (multistep, torch backend; its
   neurons in ``train()``, since their ``eval()`` path has no gradient);
 * ``ann``:   T times one ANN attack step of the same body.
@@ -11,7 +12,7 @@ For VGG5 on 3x32x32 images, one process, interleaved repeats (medians), weights 
 Prints a readable table and one JSON object (``--out`` also writes it). ``--memory`` adds the peak memory of one
 BPTT step (``--memory-timesteps``, default T = 100, ``--memory-batch`` 32; slow on CPU), each model in a fresh
 process: CPU peak resident set above the pre-step level (Linux ``/proc/self/clear_refs``) and of the whole process,
-CUDA ``max_memory_allocated``.
+CUDA ``max_memory_allocated``; ours also recomputing currents and run ``--memory-time-chunk`` timesteps at a time.
 
     python experiments/benchmark.py [--timesteps 4 8 16] [--batch 64] [--repeats 5] [--memory] [--out f.json] [--markdown f.md]
 
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from snn_adv.classifier import AnnClassifier, SpikingClassifier
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.io import atomic_write_json, provenance
-from snn_adv.models import spiking_twin, vgg5
+from snn_adv.models import recompute_currents, spiking_twin, vgg5
 from snn_adv.models.spiking import AvgPool2d, Conv2d, Linear
 from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear, cupy_available, spiking_neurons
 
@@ -64,9 +65,14 @@ def build_models(device: torch.device, timesteps: int, time_chunks: Sequence[int
     for backend in _backends(device):
         body = spiking_twin(ann, neuron_factory=lambda: LeakyLIFNode(LEAK, V_TH, PiecewiseLinear(), backend=backend))
         models[f"ours_{backend}"] = SpikingClassifier(body, PoissonEncoder(seed=0), timesteps, **norm).to(device).eval()
-        for chunk in time_chunks if backend == "torch" else ():
-            models[f"ours_torch_chunk{chunk}"] = SpikingClassifier(
-                body, PoissonEncoder(seed=0), timesteps, time_chunk=chunk, **norm).to(device).eval()
+        if backend == "torch":
+            for chunk in time_chunks:
+                models[f"ours_torch_chunk{chunk}"] = SpikingClassifier(
+                    body, PoissonEncoder(seed=0), timesteps, time_chunk=chunk, **norm).to(device).eval()
+            recomputing = recompute_currents(spiking_twin(ann, neuron_factory=lambda: LeakyLIFNode(
+                LEAK, V_TH, PiecewiseLinear(), backend=backend)))
+            models["ours_torch_recompute"] = SpikingClassifier(recomputing, PoissonEncoder(seed=0), timesteps,
+                                                               **norm).to(device).eval()
     stock = spiking_twin(ann, neuron_factory=lambda: neuron.LIFNode(
         tau=1.0 / (1.0 - LEAK), decay_input=False, v_threshold=V_TH, v_reset=None,
         surrogate_function=PiecewiseLinear(), step_mode="m", backend="torch"))
@@ -171,13 +177,17 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     return (_rss_kib("VmHWM") - before) / 1024
 
 
-def _model_peak(name: str, device_name: str, timesteps: int, batch: int) -> Dict[str, float]:
-    """One model's BPTT step in this (fresh) process: peak above the pre-step level, whole-process peak, seconds."""
+def _model_peak(name: str, device_name: str, timesteps: int, batch: int, time_chunk: int) -> Dict[str, float]:
+    """One model's BPTT step in this (fresh) process: peak above the pre-step level, whole-process peak, seconds.
+    ``<model>_chunked``: that model run ``time_chunk`` timesteps at a time."""
     device = torch.device(device_name)
     g = torch.Generator().manual_seed(1)
     images = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-    model = build_models(device, timesteps).pop(name)  # the other models are freed before the measurement
+    chunked = name.endswith("_chunked")
+    model = build_models(device, timesteps).pop(name[:-len("_chunked")] if chunked else name)  # others freed
+    if chunked:
+        model.time_chunk = time_chunk
     reps = timesteps if name == "ann" else 1  # ann: T steps in sequence
     start = time.perf_counter()
     peak = peak_memory_mib(lambda: [attack_step(model, images, labels) for _ in range(reps)], device)
@@ -186,18 +196,21 @@ def _model_peak(name: str, device_name: str, timesteps: int, batch: int) -> Dict
     return {"peak_mib": peak, "process_peak_mib": process, "s": seconds}
 
 
-def memory_rows(device: torch.device, timesteps: int = 100, batch: int = 32) -> Dict:
-    """Peak memory of one BPTT step per model, each model in a fresh process (so no model inherits another's heap)."""
+def memory_rows(device: torch.device, timesteps: int = 100, batch: int = 32, time_chunk: int = 10) -> Dict:
+    """Peak memory of one BPTT step per model, each model in a fresh process (so no model inherits another's heap);
+    our torch backend also with currents recomputed, and both run ``time_chunk`` timesteps at a time."""
     import multiprocessing
 
-    out: Dict = {"T": timesteps, "batch": batch}
-    names = ["ann", *(f"ours_{backend}" for backend in _backends(device)), "stock"]  # the keys of build_models
+    out: Dict = {"T": timesteps, "batch": batch, "time_chunk": time_chunk}
+    ours = ["ours_torch", "ours_torch_recompute"]
+    names = ["ann", *ours, *(f"{n}_chunked" for n in ours), *(f"ours_{b}" for b in _backends(device)[1:]), "stock"]
     context = multiprocessing.get_context("spawn")
     for name in tqdm(names, desc=f"memory T={timesteps}", file=sys.stderr):
         with context.Pool(1) as pool:
-            result = pool.apply(_model_peak, (name, str(device), timesteps, batch))
+            result = pool.apply(_model_peak, (name, str(device), timesteps, batch, time_chunk))
         out.update({f"{name}_{key}": value for key, value in result.items()})
-    out["ours_over_stock_peak"] = out["ours_torch_peak_mib"] / out["stock_peak_mib"]
+    for name in names[1:-1]:
+        out[f"{name}_over_stock_peak"] = out[f"{name}_peak_mib"] / out["stock_peak_mib"]
     return out
 
 
@@ -209,10 +222,12 @@ def table(rows: List[Dict], memory: Sequence[Dict] = ()) -> str:
         cells = " | ".join(f"{r[n + '_s']:.3f} ({r[n + '_ratio']:.2f}x; {r[n + '_ratio_of_min']:.2f}x)" for n in names)
         lines.append(f"| {r['T']} | {r['T_ann_steps_s']:.3f} | {cells} |")
     for m in memory:
-        lines.append(f"\nBPTT peak memory, T={m['T']}, batch {m['batch']}: " + ", ".join(
-            f"{k[:-9]} {v:.0f} MiB (whole process {m[k[:-9] + '_process_peak_mib']:.0f})" for k, v in m.items()
-            if k.endswith("_peak_mib") and not k.endswith("_process_peak_mib"))
-            + f"; ours/stock = {m['ours_over_stock_peak']:.2f}")
+        lines += [f"\nBPTT peak memory, T={m['T']}, batch {m['batch']} (chunked: {m['time_chunk']} timesteps at a time)",
+                  "", "| model | peak above the step's start (MiB) | whole process (MiB) | of stock's peak |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {k[:-9]} | {v:.0f} | {m[k[:-9] + '_process_peak_mib']:.0f} | "
+                  f"{m.get(k[:-9] + '_over_stock_peak', float('nan')):.2f} |" for k, v in m.items()
+                  if k.endswith("_peak_mib") and not k.endswith("_process_peak_mib")]
     return "\n".join(lines)
 
 
@@ -224,6 +239,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--memory", action="store_true", help="also the BPTT peak memory (slow on CPU)")
     parser.add_argument("--memory-timesteps", type=int, nargs="+", default=[100], help="T of the --memory runs")
     parser.add_argument("--memory-batch", type=int, default=32, help="batch of the --memory runs")
+    parser.add_argument("--memory-time-chunk", type=int, default=10, help="timesteps at a time of the chunked rows")
     parser.add_argument("--time-chunks", type=int, nargs="*", default=[1, 4],
                         help="also time our SNN run this many timesteps at a time (SpikingClassifier.time_chunk)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -238,7 +254,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_HEAP_ENV})  # glibc reads them at start
     device = torch.device(args.device)
     rows = time_steps(device, args.timesteps, args.batch, args.repeats, args.time_chunks)
-    memory = [memory_rows(device, T, args.memory_batch) for T in args.memory_timesteps] if args.memory else []
+    memory = ([memory_rows(device, T, args.memory_batch, args.memory_time_chunk) for T in args.memory_timesteps]
+              if args.memory else [])
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"benchmark": "attack_step_vgg5_3x32x32", "device": str(device), "device_name": device_name,
               "threads": torch.get_num_threads(), "repeats": args.repeats, "keep_heap": args.keep_heap, "timing": rows, "memory": memory,

@@ -38,8 +38,8 @@ from ._lif_cpu import lif_kernel
 from .validation import check_leak, check_positive
 
 __all__ = [
-    "BackwardRule", "HardResetLIFNode", "LeakyLIFNode", "PiecewiseLinear", "cupy_available", "set_leak", "spiking_neurons",
-    "surrogate_derivative",
+    "BackwardRule", "HardResetLIFNode", "LeakyLIFNode", "PiecewiseLinear", "RECOMPUTABLE", "RecomputableCurrent",
+    "cupy_available", "set_leak", "spiking_neurons", "surrogate_derivative",
 ]
 
 
@@ -159,6 +159,36 @@ class BackwardRule:
     time_average: bool = False
 
 
+@dataclass(frozen=True)
+class RecomputableCurrent:
+    """How the layer that produced a neuron's input current recomputes it, bitwise, from what it keeps anyway (its
+    1-byte input spikes and its weight): attached by that layer to its output (``RECOMPUTABLE``) when asked to
+    (:func:`snn_adv.models.recompute_currents`), so that the neuron saves these instead of the current.
+
+    :param tensors: what the neuron saves in the current's place (autograd checks their versions in the backward).
+    :param recompute: ``recompute(*tensors)``, the current as the layer output it (no autograd).
+    :param version: the output's version counter when tagged: an in-place change since voids the recipe.
+    """
+
+    tensors: Tuple[Optional[torch.Tensor], ...]
+    recompute: Callable[..., torch.Tensor]
+    version: int
+
+
+#: the attribute of a layer's output that holds its :class:`RecomputableCurrent`
+RECOMPUTABLE = "_snn_adv_recomputable"
+
+
+def _recomputable(x_seq: torch.Tensor) -> Optional[RecomputableCurrent]:
+    """The recipe of ``x_seq`` when it is, unchanged, a whole contiguous view of a tagged layer output; else None."""
+    base = x_seq if x_seq._base is None else x_seq._base
+    recipe = getattr(base, RECOMPUTABLE, None)
+    if (recipe is None or base._version != recipe.version or not x_seq.is_contiguous()
+            or x_seq.numel() != base.numel() or x_seq.storage_offset() != base.storage_offset()):
+        return None
+    return recipe
+
+
 def _spike_with_derivative(h: torch.Tensor, v_th: float, sg: torch.Tensor) -> torch.Tensor:
     """``H(h - v_th)`` whose derivative with respect to ``h`` is ``sg`` (straight through: the bracket is 0)."""
     return (h >= v_th).to(h).detach() + (h - h.detach()) * sg
@@ -225,8 +255,9 @@ def _may_overwrite(grad: torch.Tensor, references: int, like: torch.Tensor) -> b
 
 
 class _MultiStepLIF(torch.autograd.Function):
-    """BPTT over T steps of ``node``'s dynamics. Saves the input ``I`` and ``v[-1]`` (plus ``sg`` under a rule);
-    the backward recomputes the membranes and differentiates each step (or, on the kernel, the closed form)::
+    """BPTT over T steps of ``node``'s dynamics. Saves the input ``I`` (or, where its layer tagged it
+    :class:`RecomputableCurrent`, what recomputes it) and ``v[-1]`` (plus ``sg`` under a rule); the backward
+    recomputes the membranes and differentiates each step (or, on the kernel, the closed form)::
 
         dL/dh[t] = dL/ds[t] * sg[t] + dL/dv[t] * dv[t]/dh[t],   dL/dv[t-1] = dL/dh[t] * dh[t]/dv[t-1]
         dL/dI[t] = dL/dh[t] * dh[t]/dI[t],                      dL/dleak = sum_t dL/dh[t] * dh[t]/dleak
@@ -244,14 +275,17 @@ class _MultiStepLIF(torch.autograd.Function):
         if ctx.kernel is not None:
             _engine_references("tensor")  # probe now, outside any backward
         sg_seq = rule.derivative(node, x_seq, h_seq) if rule is not None else None
-        ctx.save_for_backward(x_seq, v_init, sg_seq)
+        recipe = _recomputable(x_seq)
+        ctx.recompute, ctx.input_shape = (None, None) if recipe is None else (recipe.recompute, x_seq.shape)
+        ctx.save_for_backward(v_init, sg_seq, *((x_seq,) if recipe is None else recipe.tensors))
         ctx.leak, ctx.leak_is_tensor, ctx.node, ctx.rule = leak_value, isinstance(leak, torch.Tensor), node, rule
         return spike_seq, v_last
 
     @staticmethod
     def backward(ctx, grad_spike_seq, grad_v_last):
         references = _reference_count(grad_spike_seq)  # first: before this frame makes references of its own
-        x_seq, v_init, sg_seq = ctx.saved_tensors
+        v_init, sg_seq, *kept = ctx.saved_tensors
+        x_seq = kept[0] if ctx.recompute is None else ctx.recompute(*kept).view(ctx.input_shape)
         node, T = ctx.node, x_seq.shape[0]
         if grad_spike_seq is None:
             grad_spike_seq, references = torch.zeros_like(x_seq), 0

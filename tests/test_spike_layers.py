@@ -1,11 +1,18 @@
 """Layers fed by spikes (Conv2d, Linear of the spiking twin) against SpikingJelly's stock layers: the same outputs and
-gradients to the bit, with no input kept for the input gradient and 1-byte spikes kept for the weight gradient."""
+gradients to the bit, with no input kept for the input gradient and 1-byte spikes kept for the weight gradient; with
+``recompute_currents`` the neurons after them keep no float current either, with the same gradients."""
+import copy
+
 import pytest
 import torch
+import torch.nn as nn
 from spikingjelly.activation_based import layer
 
-from snn_adv.models import spiking_twin, vgg5
-from snn_adv.models.spiking import Conv2d, Linear, compact_spikes
+from snn_adv.classifier import SpikingClassifier
+from snn_adv.encoding import PoissonEncoder
+from snn_adv.models import recompute_currents, spiking_twin, vgg5
+from snn_adv.models.spiking import Conv2d, Linear, compact_spikes, unpack_spikes
+from snn_adv.neurons import LeakyLIFNode
 
 INPUTS = {
     "spikes": lambda g, shape: (torch.rand(shape, generator=g) < 0.3).double(),
@@ -62,15 +69,80 @@ def test_what_is_kept_for_the_backward(kind):
     ours.requires_grad_(True)
     kept = kept_input(ours(spikes))
     assert kept.dtype == torch.int8 and torch.equal(kept.float(), spikes.detach().reshape(kept.shape))
+    pooled = (torch.randint(0, 5, shape) / 4).requires_grad_(True)
+    assert kept_input(ours(pooled)).dtype == torch.int8
     currents = torch.randn(shape, requires_grad=True)
     assert kept_input(ours(currents)).dtype == torch.float32
 
 
-def test_compact_spikes_is_exact_or_declines():
-    x = torch.tensor([0.0, 1.0, -1.0, 3.0])
-    assert compact_spikes(x).dtype == torch.int8 and torch.equal(compact_spikes(x).float(), x)
-    for unfit in (torch.tensor([0.0, 0.5]), torch.tensor([0.0, 300.0]), torch.tensor([float("nan")])):
-        assert compact_spikes(unfit) is unfit
+@pytest.mark.parametrize("values, scale", [([0.0, 1.0, -1.0, 3.0], 1.0), ([0.0, 0.25, 0.5, 1.0], 64.0),
+                                           ([0.0, 1.25], 64.0), ([0.0, 1.0 / 64, 127.0 / 64], 64.0)])
+def test_compact_spikes_packs_exactly(values, scale):
+    x = torch.tensor(values)
+    packed, got_scale = compact_spikes(x)
+    assert packed.dtype == torch.int8 and got_scale == scale
+    assert torch.equal(unpack_spikes(packed, got_scale, x.dtype), x)
+
+
+@pytest.mark.parametrize("unfit", [[0.0, 0.3], [0.0, 300.0], [0.0, 1.0 / 128], [float("nan")]])
+def test_compact_spikes_declines_what_it_cannot_pack(unfit):
+    x = torch.tensor(unfit)
+    packed, scale = compact_spikes(x)
+    assert packed is x and scale == 1.0
+
+
+def saved_by_neurons(output: torch.Tensor):
+    """Every tensor the neurons' autograd nodes saved for the backward of ``output``."""
+    saved, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "MultiStepLIF" in type(node).__name__:
+            saved += [t for t in node.saved_tensors if t is not None]
+        stack += [n for n, _ in node.next_functions]
+    return saved
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_recomputed_currents_give_the_same_gradients_and_keep_no_float_current(train):
+    """Attack (weights frozen, eval) and training (weight gradients, dropout): bitwise the same logits and gradients
+    as keeping the currents, with no float tensor of a current's size left in the neurons' saved tensors."""
+    ann = vgg5(in_channels=3, num_classes=10, input_size=16)
+    outcomes = []
+    for recompute in (False, True):
+        snn = SpikingClassifier(recompute_currents(spiking_twin(copy.deepcopy(ann), leak=0.99), recompute),
+                                PoissonEncoder(seed=0), timesteps=5).train(train)
+        snn.requires_grad_(train)
+        torch.manual_seed(3)  # the same dropout masks
+        x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        logits = snn(x)
+        saved = saved_by_neurons(logits)
+        float_saved = sum(t.numel() for t in saved if t.is_floating_point() and t.shape[:2] == (5, 4))  # [T, N, ...]
+        inputs = [x] + [p for p in snn.parameters() if p.requires_grad]
+        outcomes.append((logits, torch.autograd.grad(nn.functional.cross_entropy(logits, torch.arange(4)), inputs),
+                         float_saved))
+    (logits_kept, grads_kept, float_kept), (logits_re, grads_re, float_re) = outcomes
+    assert torch.equal(logits_kept, logits_re)
+    assert len(grads_kept) == (7 if train else 1) and all(torch.equal(a, b) for a, b in zip(grads_kept, grads_re))
+    assert float_kept > 0 and float_re == 0
+
+
+def test_a_current_changed_in_place_is_kept_not_recomputed():
+    """A current edited after its layer (here ``+ 0.5`` in place) is no longer what the layer recomputes: the neuron
+    keeps it, and the gradient is that of the edited current."""
+    torch.manual_seed(0)
+    conv = recompute_currents(Conv2d(2, 3, 3, padding=1, step_mode="m").requires_grad_(False))
+    x = (torch.rand(4, 2, 2, 6, 6) < 0.5).float().requires_grad_(True)
+    grads = []
+    for recompute in (False, True):
+        conv.recompute_output = recompute
+        neuron = LeakyLIFNode(leak=0.9, v_threshold=0.5, step_mode="m")
+        current = conv(x)
+        current.add_(0.5)
+        grads.append(torch.autograd.grad(neuron(current).sum(), x)[0])
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
 
 
 def test_spiking_twin_uses_them():

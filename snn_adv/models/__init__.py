@@ -19,7 +19,7 @@ from ..encoding import Encoder, build_encoder
 from ..validation import check_choice
 from .folding import fold_batchnorm
 from .resnet import BasicBlock, resnet20
-from .spiking import get_thresholds, memory_saving_pools, set_thresholds, spiking_twin
+from .spiking import get_thresholds, memory_saving_pools, recompute_currents, set_thresholds, spiking_twin
 from .vgg import make_vgg, vgg5, vgg11
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "get_thresholds",
     "make_vgg",
     "memory_saving_pools",
+    "recompute_currents",
     "resnet20",
     "set_thresholds",
     "snn_from_ann",

@@ -15,7 +15,8 @@ The output layer stays a (non-spiking) linear layer: the classifier reads its me
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+import functools
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,12 +24,12 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 from torch.nn.modules.utils import _pair
 
-from ..neurons import LeakyLIFNode, spiking_neurons
+from ..neurons import RECOMPUTABLE, LeakyLIFNode, RecomputableCurrent, spiking_neurons
 from ..validation import check_leak, check_positive
 from .folding import batchnorm_pairs, folded_layer
 
-__all__ = ["AvgPool2d", "Conv2d", "Linear", "compact_spikes", "get_thresholds", "memory_saving_pools", "set_thresholds",
-           "spiking_twin"]
+__all__ = ["AvgPool2d", "Conv2d", "Linear", "compact_spikes", "get_thresholds", "memory_saving_pools", "recompute_currents",
+           "set_thresholds", "spiking_twin", "unpack_spikes"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -67,65 +68,125 @@ class AvgPool2d(layer.AvgPool2d):
         return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
-def compact_spikes(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as ``int8`` when that is exact (spikes 0/1, signed encoder spikes, spike counts), else ``x`` itself:
-    what a layer fed by spikes keeps for its weight gradient (1 byte instead of 4 per value)."""
+#: the scales :func:`compact_spikes` tries: spikes and spike counts (1); averages of spikes over up to 64 inputs,
+#: as after 2x2 (or 4x4, 8x8) average pooling (64, a power of two, so that ``k / 64`` is exact)
+_SPIKE_SCALES = (1.0, 64.0)
+
+
+def compact_spikes(x: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """``(packed, scale)`` with ``packed.to(x.dtype) / scale`` equal to ``x`` bit for bit: ``int8`` when that is
+    exact (spikes 0/1, signed encoder spikes, spike counts, 2x2-pooled spikes, dropout-scaled spikes), else
+    ``(x, 1.0)``. What a layer fed by spikes keeps for its backward (1 byte instead of 4 per value)."""
     if x.is_floating_point():
-        packed = x.to(torch.int8)
-        if torch.equal(packed.to(x.dtype), x):
-            return packed
-    return x
+        for scale in _SPIKE_SCALES:
+            scaled = x * scale if scale != 1.0 else x
+            if scaled.numel() and not bool(scaled.abs().max() <= 127):  # out of int8's range, or NaN
+                continue
+            packed = scaled.to(torch.int8)  # truncates: the check below catches any fraction
+            if torch.equal(unpack_spikes(packed, scale, x.dtype), x):
+                return packed, scale
+    return x, 1.0
+
+
+def unpack_spikes(packed: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`compact_spikes`."""
+    if packed.dtype == dtype:
+        return packed
+    values = packed.to(dtype)
+    return values if scale == 1.0 else values.div_(scale)
+
+
+def _layer_output(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv_args) -> torch.Tensor:
+    return F.linear(x, weight, bias) if conv_args is None else F.conv2d(x, weight, bias, *conv_args)
+
+
+def _recompute_output(packed: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, scale: float,
+                      dtype: torch.dtype, conv_args) -> torch.Tensor:
+    """A layer's output again from its compact input (what a neuron's backward calls instead of keeping it)."""
+    with torch.no_grad():
+        return _layer_output(unpack_spikes(packed, scale, dtype), weight, bias, conv_args)
 
 
 class _SavingCompactInput(torch.autograd.Function):
     """``F.conv2d`` / ``F.linear`` whose backward keeps the input only for the weight gradient, and then as
-    :func:`compact_spikes`: the input gradient needs the weight alone, yet torch's convolution saves its input
-    always (in float32), and its linear whenever the weight needs a gradient. Same values and gradients (the same
-    ATen backward kernels run)."""
+    :func:`compact_spikes` (``packed``, given): the input gradient needs the weight alone, yet torch's convolution
+    saves its input always (in float32), and its linear whenever the weight needs a gradient. Same values and
+    gradients (the same ATen backward kernels run)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, conv_args):
-        ctx.input_meta, ctx.conv_args = (x.shape, x.dtype), conv_args
-        ctx.save_for_backward(weight, compact_spikes(x) if weight.requires_grad else None)
+    def forward(ctx, x, weight, bias, conv_args, packed, scale):
+        ctx.input_meta, ctx.conv_args, ctx.scale = (x.shape, x.dtype), conv_args, scale
+        ctx.save_for_backward(weight, packed if weight.requires_grad else None)
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        return F.linear(x, weight, bias) if conv_args is None else F.conv2d(x, weight, bias, *conv_args)
+        return _layer_output(x, weight, bias, conv_args)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, packed = ctx.saved_tensors
         shape, dtype = ctx.input_meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        x = packed.to(dtype) if packed is not None else None
+        x = unpack_spikes(packed, ctx.scale, dtype) if packed is not None else None
         if ctx.conv_args is None:  # linear on [..., in]: the matmuls of torch's own backward
             grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
             grad_x = grad_2d.mm(weight).view(shape) if need_x else None
             grad_w = grad_2d.t().mm(x.reshape(-1, shape[-1])) if need_w else None
             grad_b = grad_2d.sum(0) if need_b else None
-            return grad_x, grad_w, grad_b, None
+            return grad_x, grad_w, grad_b, None, None, None
         stride, padding, dilation, groups = ctx.conv_args
         x_or_shape = x if x is not None else grad_out.new_empty(1).expand(shape)  # sizes only without need_w
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x_or_shape, weight, ctx.bias_sizes, _pair(stride), _pair(padding), _pair(dilation), False,
             [0, 0], groups, [need_x, need_w, need_b])
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _saving_compact_input(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          conv_args) -> torch.Tensor:
+    """The layer's output through :class:`_SavingCompactInput`; with ``module.recompute_output`` (and autograd
+    recording, no autocast, a contiguous input) tagged :class:`~snn_adv.neurons.RecomputableCurrent`, so that a
+    neuron right after it keeps the 1-byte input instead of this output for its backward."""
+    tag = (getattr(module, "recompute_output", False) and torch.is_grad_enabled() and x.is_contiguous()
+           and not torch.is_autocast_enabled(x.device.type))
+    packed, scale = compact_spikes(x) if tag or weight.requires_grad else (None, 1.0)
+    y = _SavingCompactInput.apply(x, weight, bias, conv_args, packed, scale)
+    if tag and y.requires_grad:
+        recompute = functools.partial(_recompute_output, scale=scale, dtype=x.dtype, conv_args=conv_args)
+        setattr(y, RECOMPUTABLE, RecomputableCurrent((packed, weight, bias), recompute, y._version))
+    return y
 
 
 class Conv2d(layer.Conv2d):
     """SpikingJelly's ``Conv2d`` that keeps no input for the input gradient and a 1-byte copy of spikes for the
-    weight gradient (see :class:`_SavingCompactInput`); same values and gradients."""
+    weight gradient (see :class:`_SavingCompactInput`); same values and gradients. With ``recompute_output``
+    (:func:`recompute_currents`) the neuron after it recomputes its input current instead of keeping it."""
+
+    recompute_output = False
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super()._conv_forward(x, weight, bias)
-        return _SavingCompactInput.apply(x, weight, bias, (self.stride, self.padding, self.dilation, self.groups))
+        return _saving_compact_input(self, x, weight, bias, (self.stride, self.padding, self.dilation, self.groups))
 
 
 class Linear(layer.Linear):
     """SpikingJelly's ``Linear`` that keeps a 1-byte copy of spikes for the weight gradient and no input otherwise
-    (see :class:`_SavingCompactInput`); same values and gradients."""
+    (see :class:`_SavingCompactInput`); same values and gradients; ``recompute_output`` as :class:`Conv2d`'s."""
+
+    recompute_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SavingCompactInput.apply(x, self.weight, self.bias, None)
+        return _saving_compact_input(self, x, self.weight, self.bias, None)
+
+
+def recompute_currents(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Let every neuron fed directly by one of ``net``'s :class:`Conv2d` / :class:`Linear` layers recompute its
+    input current in the backward from that layer's 1-byte input instead of keeping it (``enabled``; False
+    restores the default). Same values and gradients, bit for bit; BPTT memory falls by the float32 currents of
+    those layers (at T = 100 most of it) for one more forward of each such layer per backward. Returns ``net``."""
+    for module in net.modules():
+        if isinstance(module, (Conv2d, Linear)):
+            module.recompute_output = bool(enabled)
+    return net
 
 
 def _share(new: nn.Module, old: nn.Module) -> nn.Module:

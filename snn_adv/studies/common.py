@@ -321,7 +321,7 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
             j = first.setdefault(group, i)
             if j != i and results[i] is not None and results[j] is not None:
                 reference = axis(records[j]["settings"])[1]
-                what = f"{rows[i]['model']}, {rows[i]['attack']} {rows[i]['mode']}, {series_of(record['settings'])}"
+                what = f"{series_of(record['settings'])} {rows[i]['mode']}"
                 comparisons.append(comparison_row(what, label, reference, compare(results[i], results[j])))
     checks = []
     source_label = LABELS[source_kind] + "'"
