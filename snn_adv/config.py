@@ -272,7 +272,7 @@ STUDY_SECTIONS: Dict[str, Section] = {
                                                                   "levels": LEVELS, "rate": FRACTION}, required=("kind",)),
                                                           unique=True),
                           "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
-                          "attack": ATTACK}, required=("models", "perturbations", "attack")),
+                          "attack": ATTACK, "retrain": FLAG}, required=("models", "perturbations", "attack")),
 }
 
 def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:

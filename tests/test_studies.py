@@ -109,6 +109,22 @@ def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):
     assert {c["b"] for c in comparisons} == {"eps 0/255"} and all(c["verdict"] for c in comparisons)
 
 
+def test_layerwise_models_at_another_leak_are_the_snn_bps_trained_at_it(tiny_run):
+    """The paper's method (``retrain`` by default): a layerwise entry's leak selects the SNN-BP trained at that leak,
+    the very model of the leak study, not the leak changed on the one trained network."""
+    out, _, zoo, _ = tiny_run
+    leak_models = {}
+    for path in (out / "leak" / "cells").glob("*.json"):
+        settings = json.loads(path.read_text())["settings"]
+        leak_models[settings["knobs"]["leak"]] = settings["model"]
+    layerwise = [json.loads(p.read_text())["settings"] for p in (out / "layerwise" / "cells").glob("*.json")]
+    at_leak = [s for s in layerwise if s["kind"] == "snn_bp" and s["knobs"].get("leak") == 0.9]
+    assert at_leak and all(s["model"] == leak_models[0.9] == zoo.key("snn_bp", leak=0.9) != zoo.key("snn_bp")
+                           for s in at_leak)
+    labels = {r["model"] for r in _rows(out, "layerwise")}
+    assert "SNN-BP (leak 0.9, trained at it)" in labels
+
+
 def test_layerwise_relative_change_against_hand_computation(tiny_run):
     out, config, zoo, _ = tiny_run
     rows = _rows(out, "layerwise")

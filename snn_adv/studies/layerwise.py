@@ -1,7 +1,9 @@
 r"""Study ``layerwise``: how a perturbation propagates through the layers. Per layer and image, the relative change
 ``r_l(x) = ||a_l(x') - a_l(x)|| / ||a_l(x)||`` of ANN activations, SNN spike rates and membrane potentials (same
 Poisson draws for the clean and the perturbed pass, so only the perturbation differs), for perturbations crafted on
-each model itself (whitebox) or on the ANN source (transfer).
+each model itself (whitebox) or on the ANN source (transfer). A model entry's ``leak`` and ``timesteps`` are, with the
+section's ``retrain`` (default true, the paper's method), those of an SNN-BP trained at them (the leak study's models);
+with ``retrain: false`` knobs changed on the one trained SNN-BP. ``levels`` and ``rate`` are always knobs.
 
 Outputs: ``table.*``, per layer the mean over images of the per-image mean over Poisson seeds with its 95 %
 bootstrap interval over images; ``growth.*``, paired tests on the same images of the paper's claim "perturbations
@@ -28,7 +30,7 @@ from ..neurons import LeakyLIFNode
 from ..seeds import derive_seed
 from ..stats import mean_interval, paired_difference
 from ..zoo import LABELS
-from .common import LEVEL, StudyContext, verdict
+from .common import LEVEL, StudyContext, trained_per_point, verdict
 
 __all__ = ["GROWTH_COLUMNS", "TABLE_COLUMNS", "growth_rows", "layer_activations", "per_image_changes",
            "relative_change", "relative_change_per_image", "run"]
@@ -161,15 +163,18 @@ def run(ctx: StudyContext) -> str:
     Returns the table and the growth tests as markdown."""
     zoo, section = ctx.zoo, ctx.section
     variants = section["models"]  # [{"kind": ..., "leak": ...}]
+    trained = [trained_per_point(section, v["kind"], **{k: v[k] for k in ("leak", "timesteps") if k in v})
+               for v in variants]
     # values="per_image": a cell holds every image's relative change (cells of older versions held means)
-    cells = [ctx.cell(kind=v["kind"], model=zoo.key(v["kind"]), knobs={k: x for k, x in v.items() if k != "kind"},
+    cells = [ctx.cell(kind=v["kind"], model=zoo.key(v["kind"], **train), knobs={k: x for k, x in v.items() if k != "kind"},
                       attack=section["attack"], perturbation=p, values="per_image",
-                      source=zoo.key("ann", "source") if p == "transfer" else None)
-             for v in variants for p in section["perturbations"]]
+                      source=zoo.key("ann", "source") if p == "transfer" else None,
+                      **({"trained_at": train} if train else {}))
+             for v, train in zip(variants, trained) for p in section["perturbations"]]
 
     def compute(settings: Mapping[str, Any]) -> Dict[str, Any]:
         images, labels = ctx.data
-        model = zoo.variant(settings["kind"], "main", **settings["knobs"])
+        model = zoo.variant(settings["kind"], "main", train=settings.get("trained_at"), **settings["knobs"])
         source = model if settings["perturbation"] == "whitebox" else zoo.get("ann", "source")
         seed = derive_seed(ctx.config["seed"], cell_key(settings))
         if getattr(source, "encoder", None) is not None:
@@ -190,7 +195,8 @@ def run(ctx: StudyContext) -> str:
     for record in records:
         s, result = record["settings"], record["result"]
         key = cell_key(s)
-        labels[key] = LABELS[s["kind"]] + (f" (leak {s['knobs']['leak']:g})" if "leak" in s["knobs"] else "")
+        labels[key] = LABELS[s["kind"]] + (f" (leak {s['knobs']['leak']:g}{', trained at it' if s.get('trained_at') else ''})"
+                                           if "leak" in s["knobs"] else "")
         input_change = float(np.nanmean(np.array(result["input"], dtype=float)))
         for quantity in sorted({k.split("/")[0] for k in result if "/" in k}):
             changes[key, s["perturbation"], quantity] = per_image_changes(result, quantity, ctx.eval_seeds)
