@@ -87,6 +87,42 @@ def test_model_modes_are_restored_and_attack_runs_in_eval():
     assert [m.training for m in model.modules()] == before
 
 
+def weight_flag_probe(model: nn.Module, seen: list) -> None:
+    """Record, at every forward of ``model``'s linear layer, whether its weight requires a gradient."""
+    layer = model.body[-1]
+    layer.register_forward_pre_hook(lambda module, args: seen.append(module.weight.requires_grad))
+
+
+def test_attacks_and_the_engine_run_with_frozen_parameters_and_restore_their_flags():
+    """An attack wants dL/dx only: no parameter requires a gradient while it runs (so custom autograd layers compute
+    no weight gradient), and each parameter gets its own flag back, a mixed state included."""
+    from snn_adv.evaluation import evaluate
+
+    model = linear_model()
+    model.body[1].bias.requires_grad_(False)
+    before = [p.requires_grad for p in model.parameters()]
+    x, y = images(), torch.zeros(8, dtype=torch.long)
+    seen: list = []
+    weight_flag_probe(model, seen)
+    PGD(model, eps=0.1, steps=2)(x, y)
+    assert seen and not any(seen)
+    assert [p.requires_grad for p in model.parameters()] == before
+    seen.clear()
+
+    class Unfrozen:  # a foreign attack that does not freeze anything itself
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, images, labels):
+            x = images.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(x), labels), x)
+            return (images + 0.1 * grad.sign()).clamp(0, 1)
+
+    evaluate(model, (x, y), attack=Unfrozen(model), progress=False)
+    assert seen and not any(seen)
+    assert [p.requires_grad for p in model.parameters()] == before
+
+
 @pytest.mark.parametrize("mode", ["bptt", "rate", "hart", "assg", "pdsg"])
 def test_pgd_large_eps_reaches_near_zero_in_every_mode(mode, snn, data):
     x, y = data

@@ -6,7 +6,7 @@ gradient rules in :mod:`.gradients`; torchattacks adapter in :mod:`.adapter`; mi
 and the gradient rescaler in :mod:`.budget`.
 """
 from .adapter import AdaptedSpikingClassifier, adapt, neurons_in_training_mode
-from .base import Attack, NoInputGradientError, preserved_modes, project
+from .base import Attack, NoInputGradientError, frozen_parameters, preserved_modes, project
 from .budget import BudgetedAttack, GradientScaled, perturbation_norm, within_budget
 from .ensemble import WorstCase, gradient_mode_ensemble
 from .fgsm import FGSM
@@ -33,6 +33,7 @@ __all__ = [
     "RateGradient",
     "WorstCase",
     "adapt",
+    "frozen_parameters",
     "gradient_mode",
     "gradient_mode_ensemble",
     "neurons_in_training_mode",

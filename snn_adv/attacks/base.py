@@ -1,5 +1,6 @@
 r"""Shared machinery of the L-infinity attacks: argument checks, the (EOT-averaged) input gradient under a gradient
-mode, projection onto the eps-ball and [0, 1], seeding, and restoring the model's train/eval modes.
+mode, projection onto the eps-ball and [0, 1], seeding, and restoring the model's train/eval modes and the
+parameters' ``requires_grad`` (frozen while the attack runs).
 
 Attacks follow torchattacks' calling convention: ``attack(images, labels) -> adversarial images``, where the model
 maps images in [0, 1] to logits (any :class:`~snn_adv.classifier.ImageClassifier`, ANN or SNN, or any such module).
@@ -19,7 +20,7 @@ from ..neurons import spiking_neurons
 from ..validation import check_classifier, check_fraction, check_images, check_labels, check_positive_int, check_seed
 from .gradients import GradientMode, Surrogate, gradient_mode, resolve_gradient_mode
 
-__all__ = ["Attack", "NoInputGradientError", "project", "preserved_modes"]
+__all__ = ["Attack", "NoInputGradientError", "frozen_parameters", "project", "preserved_modes"]
 
 
 def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
@@ -37,6 +38,21 @@ def preserved_modes(model: nn.Module, training: bool = False) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No parameter of ``model`` requires a gradient in the block; each gets its own flag back afterwards. An attack
+    wants the input gradient only: torch's own layers skip the weight gradient then anyway, but a custom autograd
+    function (our spike layers, users' layers) computes every gradient its inputs were recorded to require."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class NoInputGradientError(RuntimeError):
@@ -160,7 +176,8 @@ class Attack:
         """Adversarial versions of ``images`` (inside the eps-ball around them and inside [0, 1])."""
         check_images(images)
         images = images.detach()
-        with preserved_modes(self.model, training=False), gradient_mode(self.model, self.grad_mode):
+        with preserved_modes(self.model, training=False), frozen_parameters(self.model), \
+                gradient_mode(self.model, self.grad_mode):
             with torch.no_grad():
                 num_classes = self.model(images[:1]).shape[1]
             labels = check_labels(labels, num_classes, images.shape[0])

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..attacks import WorstCase
-from ..attacks.base import preserved_modes
+from ..attacks.base import frozen_parameters, preserved_modes
 from ..attacks.budget import NORMS, perturbation_norm
 from ..encoding import fixed_noise_seed, is_stochastic, stochastic_encoders
 from ..io import atomic_write_json, provenance
@@ -455,6 +455,7 @@ def evaluate(
         with contextlib.ExitStack() as modes:
             for model in {id(m): m for m in [crafting, *named.values()]}.values():
                 modes.enter_context(preserved_modes(model, training=False))
+                modes.enter_context(frozen_parameters(model))  # any attack (torchattacks, foolbox) wants dL/dx only
             for images, labels in bar:
                 if max_samples is not None and n_done >= max_samples:
                     break

@@ -147,7 +147,7 @@ def _saving_compact_input(module: nn.Module, x: torch.Tensor, weight: torch.Tens
     neuron right after it keeps the 1-byte input instead of this output for its backward."""
     tag = (getattr(module, "recompute_output", False) and torch.is_grad_enabled() and x.is_contiguous()
            and not torch.is_autocast_enabled(x.device.type))
-    packed, scale = compact_spikes(x) if tag or weight.requires_grad else (None, 1.0)
+    packed, scale = compact_spikes(x) if tag or (weight.requires_grad and torch.is_grad_enabled()) else (None, 1.0)
     y = _SavingCompactInput.apply(x, weight, bias, conv_args, packed, scale)
     if tag and y.requires_grad:
         recompute = functools.partial(_recompute_output, scale=scale, dtype=x.dtype, conv_args=conv_args)
