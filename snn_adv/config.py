@@ -255,9 +255,13 @@ _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batc
              "precision": Value("str", choices=("float32", "bfloat16"))}
 
 _TEST_COUNT = {"test_count": COUNT}
+#: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images
+_TEST_COUNTS = Section({kind: Value("int", minimum=1) for kind in KIND.choices})
 STUDY_SECTIONS: Dict[str, Section] = {
-    "robustness": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS}, required=("attacks",)),
-    "strong": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS, "blackbox": FLAG},
+    "robustness": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS,
+                           "test_counts": _TEST_COUNTS}, required=("attacks",)),
+    "strong": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS, "blackbox": FLAG,
+                       "test_counts": _TEST_COUNTS},
                       required=("attacks",)),
     "timesteps": Section({**_TEST_COUNT, "kinds": KINDS, "timesteps": ListOf(POSITIVE_INT, unique=True),
                           "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACKS,

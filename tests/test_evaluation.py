@@ -186,6 +186,25 @@ def test_shards_merge_to_the_unsharded_result_and_results_round_trip(tmp_path, s
         EvaluationResult.merge([shards[0], other])
 
 
+def test_a_result_restricted_to_some_images_is_their_own_evaluation(snn, trained_pair):
+    x, y = trained_pair.x[:48], trained_pair.y[:48]
+    attack = functools.partial(PGD, eps=0.05, alpha=0.02, steps=2)
+    full = evaluate(snn, (x, y), attack, scoring_seeds=(0, 1), batch_size=16, progress=False)
+    shard = evaluate(snn, (x[16:32], y[16:32]), attack, start_index=16, scoring_seeds=(0, 1), batch_size=16,
+                     progress=False)
+    part = full.restricted(shard.index)
+    for name in ("index", "label", "clean_correct", "adversarial_correct"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(shard, name))
+    members = np.arange(2 * 4 * 2).reshape(2, 4, 2) % 3 == 0  # [M, N, S], made up
+    worst = EvaluationResult([10, 11, 12, 13], [0, 1, 2, 3], members.any(0), members.all(0), members, (0, 1))
+    picked = worst.restricted([13, 11])
+    np.testing.assert_array_equal(picked.label, [3, 1])
+    np.testing.assert_array_equal(picked.member_correct, members[:, [3, 1]])
+    np.testing.assert_array_equal(picked.adversarial_correct, members.all(0)[[3, 1]])
+    with pytest.raises(ValueError, match=r"image\(s\) \[14\] not in this result"):
+        worst.restricted([13, 14])
+
+
 def test_result_prints_one_line_with_intervals(snn, data):
     result = evaluate(snn, data, FGSM(snn, eps=0.1), scoring_seeds=(0, 1), progress=False)
     text = repr(result)

@@ -12,7 +12,7 @@ from snn_adv.config import load_config
 from snn_adv.configs import config_path
 from snn_adv.studies import STUDIES, run_study
 from snn_adv.studies.layerwise import layer_activations, relative_change, relative_change_per_image
-from snn_adv.zoo import ModelZoo
+from snn_adv.zoo import LABELS, ModelZoo
 from test_stats import hand_bootstrap_interval
 
 TINY = config_path("tiny")
@@ -96,6 +96,34 @@ def test_robustness_table_has_intervals_and_common_random_numbers(tiny_run):
     assert clean.keys() == {"ann", "snn_conv", "snn_bp"}
     for outcomes in clean.values():
         assert len(outcomes) >= 4 and all((o == outcomes[0]).all() for o in outcomes)
+
+
+def test_a_target_on_fewer_images_is_compared_on_the_images_both_saw(tiny_run, tmp_path):
+    """``test_counts`` (e.g. SNN-conv at a large T): that kind is evaluated on the first images only, in every cell
+    (clean, whitebox, blackbox), the others on all; a paired comparison with it uses the images both saw."""
+    from snn_adv.studies.common import results_of
+
+    _, config, zoo, _ = tiny_run
+    n = config["data"]["test_count"]
+    few = n // 2
+    fewer = load_config(TINY, {"data": config["data"], "studies": {"robustness": {"test_counts": {"snn_conv": few}}}})
+    run_study("robustness", fewer, tmp_path, zoo=zoo, progress=False)
+    clean = None
+    for path in (tmp_path / "robustness" / "cells").glob("*.json"):
+        record = json.loads(path.read_text())
+        results = results_of(record)
+        assert record["settings"].get("test_counts") == ({"snn_conv": few} if "snn_conv" in results else None)
+        for target, result in results.items():
+            assert result.index.tolist() == list(range(few if target == "snn_conv" else n)), target
+        if record["settings"]["source"] is None:
+            clean = results
+    assert {r["target"]: r["n_images"] for r in _rows(tmp_path, "robustness")} == {"ANN": n, "SNN-conv": few, "SNN-BP": n}
+    comparisons = {(r["comparison"], r["a"], r["b"]): r for r in _rows(tmp_path, "robustness", "comparisons")}
+    for a, b in (("snn_conv", "ann"), ("snn_bp", "snn_conv")):
+        row = comparisons[("clean", LABELS[a], LABELS[b])]
+        by_hand = 100 * (clean[a].per_image("clean")[:few] - clean[b].per_image("clean")[:few]).mean()
+        assert row["n_images"] == few and row["difference"] == pytest.approx(by_hand)
+    assert comparisons[("clean", "SNN-BP", "ANN")]["n_images"] == n
 
 
 def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):

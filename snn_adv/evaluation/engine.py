@@ -164,6 +164,22 @@ class EvaluationResult:
                    np.concatenate([r.adversarial_correct for r in results])[order], members, first.scoring_seeds,
                    settings, [c for r in results for c in r.checks])
 
+    def restricted(self, index: Sequence[int]) -> "EvaluationResult":
+        """This result on the images of global indices ``index`` (each one of its own), in that order: e.g. the
+        images two evaluations on nested sets share, for a paired test between them.
+
+        :raises ValueError: when an index is not among this result's images.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        position = {int(i): p for p, i in enumerate(self.index)}
+        missing = [int(i) for i in index if int(i) not in position]
+        if missing:
+            raise ValueError(f"argument 'index': image(s) {missing[:5]} not in this result (it has {self.n} images)")
+        rows = np.asarray([position[int(i)] for i in index], dtype=np.int64)
+        members = None if self.member_correct is None else self.member_correct[:, rows]
+        return EvaluationResult(index, self.label[rows], self.clean_correct[rows], self.adversarial_correct[rows],
+                                members, self.scoring_seeds, self.settings, self.checks)
+
     def summary(self, level: float = 0.95) -> Dict[str, Any]:
         """Accuracy and ``level`` interval of every kind, and the number of images and seeds."""
         out: Dict[str, Any] = {"n": self.n, "scoring_seeds": list(self.scoring_seeds), "level": level}

@@ -22,7 +22,7 @@ from ..distributed import dist_info, sharded_evaluate
 from ..evaluation import Check, EvaluationResult, warn_failures
 from ..io import PathLike, atomic_write, atomic_write_json, provenance
 from ..stats import Comparison
-from ..zoo import ModelZoo
+from ..zoo import KINDS, LABELS, ModelZoo
 
 #: the level of every interval and paired test the studies report
 LEVEL = 0.95
@@ -117,6 +117,13 @@ class StudyContext:
     def test_count(self) -> Optional[int]:
         return self.section.get("test_count", self.config["data"].get("test_count"))
 
+    def count_of(self, kind: str) -> Optional[int]:
+        """The images a target of ``kind`` is evaluated on when the section's ``test_counts`` gives it fewer than
+        the study's (e.g. SNN-conv at a large T): the first ``count`` of the study's images, so that a comparison
+        pairs the images both targets saw; None: all of them."""
+        count = self.section.get("test_counts", {}).get(kind)
+        return None if count is None or (self.test_count is not None and count >= self.test_count) else count
+
     def data_settings(self) -> Dict[str, Any]:
         """What of the test data can change a number: dataset, content fingerprint, subset size and seed."""
         data = self.config["data"]
@@ -135,18 +142,19 @@ class StudyContext:
         return run_cells(cells, compute, self.store, seed=self.config["seed"], desc=self.name, progress=self.progress)
 
     def evaluate(self, targets: Mapping[str, nn.Module], attack: Mapping[str, Any],
-                 source: Optional[nn.Module] = None) -> Dict[str, Any]:
+                 source: Optional[nn.Module] = None, count: Optional[int] = None) -> Dict[str, Any]:
         """A cell's result: :func:`snn_adv.evaluation.evaluate` of ``targets`` under the attack of config entry
         ``attack`` crafted on ``source`` (None: whitebox on the one target; a clean entry: each target alone), as
         ``{"results": {target: EvaluationResult.to_dict()}}`` with every per-sample outcome. When the crafting model
         gives no input gradient (:class:`~snn_adv.attacks.NoInputGradientError`, e.g. a network silent at a small T)
-        the cell holds the clean results and ``"no_gradient"``: the reason, and no adversarial accuracy.
+        the cell holds the clean results and ``"no_gradient"``: the reason, and no adversarial accuracy. ``count``:
+        only the first ``count`` test images (:meth:`count_of`).
 
         Every cell of a config uses the engine seed ``config['seed']``: the crafting and scoring streams then depend
         only on the images, so each target is scored on the same Poisson draws in every cell (common random
         numbers for the paired tests between cells).
         """
-        images, labels = self.data
+        images, labels = (t[:count] for t in self.data)
         results, no_gradient = evaluate_condition(targets, images, labels, attack, source, seed=self.config["seed"],
                                                   scoring_seeds=self.eval_seeds, batch_size=self.batch_size,
                                                   progress=self.progress)
@@ -168,7 +176,8 @@ class StudyContext:
     def note(self) -> str:
         """The measurement conditions, as the second line of a plot's title."""
         data = self.data_settings()
-        return (f"{data['dataset']}, {data['test_count']} test images x {len(self.eval_seeds)} Poisson seeds; "
+        fewer = "".join(f" ({LABELS[k]}: {n})" for k in KINDS if (n := self.count_of(k)))
+        return (f"{data['dataset']}, {data['test_count']} test images{fewer} x {len(self.eval_seeds)} Poisson seeds; "
                 f"error bars: 95 % intervals; preset '{self.config.get('preset', '?')}'")
 
 
@@ -283,7 +292,6 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
     from ..cells import cell_key
     from ..evaluation import check_monotone_in_eps, check_whitebox_vs_transfer
     from ..stats import compare
-    from ..zoo import LABELS
 
     zoo = ctx.zoo
     source_kind = ctx.section.get("blackbox_source", "ann")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -26,7 +27,8 @@ from ..zoo import KINDS, LABELS
 from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, interval_columns, record_checks,
                      record_comparisons, results_of)
 
-__all__ = ["ROW_COLUMNS", "attack_checks", "condition_of", "evaluate_models", "run", "summarise", "table_study"]
+__all__ = ["ROW_COLUMNS", "attack_checks", "condition_of", "evaluate_models", "on_common_images", "run", "summarise",
+           "table_study"]
 
 
 def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:
@@ -113,23 +115,34 @@ def table_study(ctx: StudyContext, blackbox: bool) -> str:
     kinds = section.get("kinds", list(KINDS))
     attacks = section["attacks"]
     sources = section.get("sources", list(KINDS)) if blackbox else []
-    cells = [ctx.cell(source=None, attack={"name": "clean"}, targets={k: zoo.key(k) for k in kinds})]
+
+    def cell(source: Optional[Dict[str, Any]], attack: Mapping[str, Any], targets: Sequence[str]) -> Dict[str, Any]:
+        fewer = {k: n for k in targets if (n := ctx.count_of(k))}  # targets on a prefix of the images
+        return ctx.cell(source=source, attack=attack, targets={k: zoo.key(k) for k in targets},
+                        **({"test_counts": fewer} if fewer else {}))
+
+    cells = [cell(None, {"name": "clean"}, kinds)]
     for spec in attacks:
         for kind in kinds:
             if not (spec.get("snn_only") and kind == "ann"):
-                cells.append(ctx.cell(source={"kind": kind, "role": "main", "model": zoo.key(kind)}, attack=spec,
-                                      targets={kind: zoo.key(kind)}))
+                cells.append(cell({"kind": kind, "role": "main", "model": zoo.key(kind)}, spec, [kind]))
         for kind in sources:
             if not (spec.get("snn_only") and kind == "ann"):
-                cells.append(ctx.cell(source={"kind": kind, "role": "source", "model": zoo.key(kind, "source")},
-                                      attack=spec, targets={k: zoo.key(k) for k in kinds}))
+                cells.append(cell({"kind": kind, "role": "source", "model": zoo.key(kind, "source")}, spec, kinds))
 
     def compute(settings: Mapping[str, Any]) -> Dict[str, Any]:
         src = settings["source"]
-        targets = {k: zoo.get(k) for k in settings["targets"]}
-        if src is None or src["role"] == "main":  # clean, or whitebox on the one target
-            return ctx.evaluate(targets, settings["attack"])
-        return ctx.evaluate(targets, settings["attack"], zoo.get(src["kind"], src["role"]))
+        # clean, or whitebox on the one target: no source; targets on fewer images: a second, shorter evaluation
+        source = None if src is None or src["role"] == "main" else zoo.get(src["kind"], src["role"])
+        by_count: Dict[Optional[int], List[str]] = {}
+        for kind in settings["targets"]:
+            by_count.setdefault(settings.get("test_counts", {}).get(kind), []).append(kind)
+        cell_result: Dict[str, Any] = {"results": {}}
+        for count, group in by_count.items():
+            part = ctx.evaluate({k: zoo.get(k) for k in group}, settings["attack"], source, count)
+            cell_result["results"].update(part.pop("results"))
+            cell_result.update(part)
+        return cell_result
 
     results, no_gradient, cell_of = {}, [], {}
     for record in ctx.run(cells, compute):
@@ -186,7 +199,8 @@ def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str,
         kind_of = "clean" if condition == "clean" else "adversarial"
         for a, b in pairs:
             if (a, condition) in results and (b, condition) in results:
-                comparison = compare(results[(a, condition)], results[(b, condition)], kind_of, kind_of)
+                comparison = compare(*on_common_images(results[(a, condition)], results[(b, condition)]),
+                                     kind_of, kind_of)
                 rows.append(comparison_row(condition, a, b, comparison))
     reference = condition_of(attacks[0])
     for target in targets:
@@ -196,6 +210,14 @@ def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str,
                 comparison = compare(results[(target, condition)], results[(target, reference)])
                 rows.append(comparison_row(target, condition, reference, comparison))
     return rows
+
+
+def on_common_images(a: EvaluationResult, b: EvaluationResult) -> Tuple[EvaluationResult, EvaluationResult]:
+    """``a`` and ``b`` on the images both saw (a target evaluated on a prefix of the images: ``test_counts``)."""
+    if np.array_equal(a.index, b.index):
+        return a, b
+    common = np.intersect1d(a.index, b.index)
+    return a.restricted(common), b.restricted(common)
 
 
 def _bar(rows, target: str, condition: str) -> Tuple[float, ...]:
