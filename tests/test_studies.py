@@ -126,6 +126,17 @@ def test_a_target_on_fewer_images_is_compared_on_the_images_both_saw(tiny_run, t
     assert comparisons[("clean", "SNN-BP", "ANN")]["n_images"] == n
 
 
+def test_every_sweep_comparison_says_which_points_it_compares(tiny_run):
+    """No two comparisons of a sweep read alike (e.g. a quantisation comparison names its T)."""
+    out, *_ = tiny_run
+    for name in ("timesteps", "leak", "eps"):
+        rows = _rows(out, name, "comparisons")
+        names = [(r["comparison"], r["a"], r["b"]) for r in rows]
+        assert rows and len(set(names)) == len(names), name
+    assert any(r["comparison"].endswith(" at T=2") and r["b"] == "no quantisation"
+               for r in _rows(out, "timesteps", "comparisons"))
+
+
 def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):
     out, *_ = tiny_run
     for r in _rows(out, "eps"):

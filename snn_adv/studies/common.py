@@ -282,11 +282,12 @@ def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tup
 
 def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: Callable[[Mapping], float],
           series_of: Callable[[Mapping], str], title: str, axes: Sequence[Axis] = (), xscale: str = "linear",
-          xticks=None, x_is_eps: bool = False) -> str:
+          xticks=None, x_is_eps: bool = False, x_point: Optional[Callable[[Mapping], str]] = None) -> str:
     """Run a grid of whitebox/blackbox cells ``{"kind", "knobs", "attack", "mode", ["train"]}``; tabulate
     (accuracies with intervals), compare along each of ``axes`` with paired tests, check (whitebox not weaker than
     transfer; with ``x_is_eps``, accuracy falls with eps) and plot them. ``train``: recipe overrides of the target
-    model (:meth:`snn_adv.zoo.ModelZoo.get`); ``knobs``: changed on it at evaluation (:func:`snn_adv.zoo.apply_knobs`)."""
+    model (:meth:`snn_adv.zoo.ModelZoo.get`); ``knobs``: changed on it at evaluation (:func:`snn_adv.zoo.apply_knobs`).
+    ``x_point`` names a point's x (e.g. ``T=8``) in the comparisons along an axis that keeps x fixed."""
     from .. import plots
     from ..attack_specs import attack_label
     from ..cells import cell_key
@@ -330,6 +331,8 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
             if j != i and results[i] is not None and results[j] is not None:
                 reference = axis(records[j]["settings"])[1]
                 what = f"{series_of(record['settings'])} {rows[i]['mode']}"
+                if x_point is not None and rows[i]["x"] == rows[j]["x"]:
+                    what += f" at {x_point(record['settings'])}"
                 comparisons.append(comparison_row(what, label, reference, compare(results[i], results[j])))
     checks = []
     source_label = LABELS[source_kind] + "'"

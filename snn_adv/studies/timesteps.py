@@ -40,4 +40,4 @@ def run(ctx: StudyContext) -> str:
     return sweep(ctx, grid, "timesteps T", lambda s: s["knobs"]["timesteps"],
                  lambda s: f"{LABELS[s['kind']]}, {_levels(s['knobs']['levels'])}, {attack_label(s['attack'])}",
                  "Adversarial accuracy vs timesteps and input quantisation", axes=axes, xscale="log",
-                 xticks=section["timesteps"])
+                 xticks=section["timesteps"], x_point=lambda s: f"T={s['knobs']['timesteps']}")
