@@ -137,6 +137,17 @@ def test_every_sweep_comparison_says_which_points_it_compares(tiny_run):
                for r in _rows(out, "timesteps", "comparisons"))
 
 
+def test_a_comparison_row_shows_a_zero_difference_of_thirds_as_zero():
+    from snn_adv.stats import paired_difference
+    from snn_adv.studies.common import comparison_row
+
+    x, y = np.array([2, 1, 3, 0, 2, 1]) / 3, np.array([1, 2, 2, 1, 1, 2]) / 3  # differences cancel exactly
+    comparison = paired_difference(x, y)
+    assert comparison.difference != 0  # float rounding of thirds
+    row = comparison_row("what", "a", "b", comparison)
+    assert row["difference"] == 0 and row["difference_high"] == pytest.approx(100 * comparison.high)
+
+
 def test_eps_zero_attack_equals_clean_and_eps_sweep_runs(tiny_run):
     out, *_ = tiny_run
     for r in _rows(out, "eps"):

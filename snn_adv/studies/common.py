@@ -216,8 +216,9 @@ def verdict(comparison: Comparison, positive: str, negative: str, level: float =
 def comparison_row(what: str, a: str, b: str, comparison: Comparison, level: float = LEVEL) -> Dict[str, Any]:
     """One row of ``comparisons.*``: the paired difference ``a - b`` in points with its interval, the p-value and
     the verdict (which is higher, or inconclusive when the test does not reject equality at ``level``)."""
-    return {"comparison": what, "a": a, "b": b, "difference": 100 * comparison.difference,
-            "difference_low": 100 * comparison.low, "difference_high": 100 * comparison.high,
+    points = lambda value: round(100 * value, 9)  # noqa: E731 (a zero difference of thirds shows as 0, not 7e-17)
+    return {"comparison": what, "a": a, "b": b, "difference": points(comparison.difference),
+            "difference_low": points(comparison.low), "difference_high": points(comparison.high),
             "p_value": comparison.p_value, "method": comparison.method, "n_images": comparison.n,
             "verdict": verdict(comparison, f"{a} higher", f"{b} higher", level)}
 
