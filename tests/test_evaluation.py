@@ -205,6 +205,24 @@ def test_a_result_restricted_to_some_images_is_their_own_evaluation(snn, trained
         worst.restricted([13, 14])
 
 
+def test_the_worst_case_of_evaluations_is_their_per_sample_and_on_the_same_draws():
+    clean = np.array([[1, 1], [1, 0], [0, 1]], dtype=bool)  # [N, S]
+    a = EvaluationResult([0, 1, 2], [3, 4, 5], clean, [[1, 0], [1, 0], [0, 1]], scoring_seeds=(0, 1))
+    b = EvaluationResult([0, 1, 2], [3, 4, 5], clean, [[0, 1], [1, 0], [0, 1]], scoring_seeds=(0, 1))
+    worst = EvaluationResult.worst_case([a, b], ["A", "B"])
+    np.testing.assert_array_equal(worst.adversarial_correct, [[0, 0], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(worst.member_correct, [a.adversarial_correct, b.adversarial_correct])
+    np.testing.assert_array_equal(worst.clean_correct, clean)
+    assert worst.settings["attack"]["members"] == ["A", "B"]
+    other_draws = EvaluationResult([0, 1, 2], [3, 4, 5], ~clean, b.adversarial_correct, scoring_seeds=(0, 1))
+    with pytest.raises(ValueError, match="other clean outcomes"):
+        EvaluationResult.worst_case([a, other_draws])
+    with pytest.raises(ValueError, match="other images"):
+        EvaluationResult.worst_case([a, a.restricted([0, 1])])
+    with pytest.raises(ValueError, match="at least two"):
+        EvaluationResult.worst_case([a])
+
+
 def test_result_prints_one_line_with_intervals(snn, data):
     result = evaluate(snn, data, FGSM(snn, eps=0.1), scoring_seeds=(0, 1), progress=False)
     text = repr(result)

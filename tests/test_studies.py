@@ -76,8 +76,8 @@ def test_robustness_table_has_intervals_and_common_random_numbers(tiny_run):
     out, config, _, _ = tiny_run
     rows = _rows(out, "robustness")
     n, seeds = config["data"]["test_count"], len(config["eval_seeds"])
-    # 3 targets x (clean + 2 attacks x (whitebox + 3 blackbox sources))
-    assert len(rows) == 3 * (1 + 2 * 4) and all(r["n_images"] == n and r["n_seeds"] == seeds for r in rows)
+    # 3 targets x (clean + 2 attacks x (whitebox + 3 blackbox sources) + the worst of them)
+    assert len(rows) == 3 * (1 + 2 * 4 + 1) and all(r["n_images"] == n and r["n_seeds"] == seeds for r in rows)
     for r in rows:
         if r["accuracy"] is not None:
             assert 0 <= r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] <= 100
@@ -96,6 +96,31 @@ def test_robustness_table_has_intervals_and_common_random_numbers(tiny_run):
     assert clean.keys() == {"ann", "snn_conv", "snn_bp"}
     for outcomes in clean.values():
         assert len(outcomes) >= 4 and all((o == outcomes[0]).all() for o in outcomes)
+
+
+def test_each_target_s_worst_of_all_attacks_is_the_and_of_its_cells(tiny_run):
+    """An image counts under a Poisson seed only if no attack of the table (whitebox or transfer) fooled it there;
+    the targets are compared under it."""
+    from snn_adv.studies.common import results_of
+    from snn_adv.studies.robustness import WORST
+
+    out, *_ = tiny_run
+    attacked = {}
+    for path in (out / "robustness" / "cells").glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["settings"]["attack"]["name"] != "clean":
+            for target, result in results_of(record).items():
+                attacked.setdefault(target, []).append(result.adversarial_correct)
+    rows = {r["target"]: r for r in _rows(out, "robustness") if r["condition"] == WORST}
+    for kind, outcomes in attacked.items():
+        assert len(outcomes) == 2 * 4  # 2 attacks x (whitebox + 3 sources)
+        by_hand = 100 * np.logical_and.reduce(outcomes).mean()
+        row = rows[LABELS[kind]]
+        assert row["accuracy"] == pytest.approx(by_hand) and row["mode"] == "every attack"
+        assert row["accuracy"] <= min(r["accuracy"] for r in _rows(out, "robustness")
+                                      if r["target"] == LABELS[kind] and r["condition"] != "clean")
+    comparisons = {(r["comparison"], r["a"], r["b"]) for r in _rows(out, "robustness", "comparisons")}
+    assert (WORST, "SNN-BP", "ANN") in comparisons
 
 
 def test_a_target_on_fewer_images_is_compared_on_the_images_both_saw(tiny_run, tmp_path):
@@ -488,7 +513,7 @@ def test_cli_evaluate_prints_the_engine_numbers_with_intervals_and_verdicts(tiny
     printed = capsys.readouterr().out
     assert "Self-checks" in printed and "whitebox_not_weaker_than_transfer" in printed and "PASS" in printed
     rows = {(r["target"], r["condition"]): r for r in json.loads((tmp_path / "table.json").read_text())["rows"]}
-    assert len(rows) == 2 * (1 + 2 * 2)  # 2 targets x (clean + 2 attacks x (whitebox + 1 source))
+    assert len(rows) == 2 * (1 + 2 * 2 + 1)  # 2 targets x (clean + 2 attacks x (whitebox + 1 source) + their worst)
     # the whitebox FGSM cell of the SNN is what the engine gives by hand
     images, labels = load_tensors("fashion-mnist-bundled", "test", count=20)
     by_hand = evaluate(checkpoints.load(snn), (images, labels), partial(FGSM, eps=0.1), seed=0, scoring_seeds=[0, 1],

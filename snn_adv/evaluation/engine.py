@@ -164,6 +164,36 @@ class EvaluationResult:
                    np.concatenate([r.adversarial_correct for r in results])[order], members, first.scoring_seeds,
                    settings, [c for r in results for c in r.checks])
 
+    @classmethod
+    def worst_case(cls, results: Sequence["EvaluationResult"], names: Optional[Sequence[str]] = None) -> "EvaluationResult":
+        r"""The per-sample worst case over separate evaluations of one target on the same images (e.g. every attack
+        of a table): correct on image ``i`` under scoring seed ``s`` only if correct under every evaluation,
+        ``adversarial[i, s] = AND_k results[k].adversarial[i, s]`` (the members keep each one's outcomes).
+
+        Meaningful because every evaluation of a target scores seed ``s`` of an image on the same Poisson draw
+        (the engine's scoring streams): the worst case is then over attacks, never over noise. Identical clean
+        outcomes in every result are required, and check just that (same target, images, seeds and draws).
+
+        :raises ValueError: on fewer than two results, or results on other images, seeds or clean outcomes.
+        """
+        results = list(results)
+        if len(results) < 2:
+            raise ValueError(f"argument 'results': a worst case needs at least two results, got {len(results)}")
+        first = results[0]
+        for k, r in enumerate(results[1:], 1):
+            if not (np.array_equal(r.index, first.index) and np.array_equal(r.label, first.label)
+                    and r.scoring_seeds == first.scoring_seeds):
+                raise ValueError(f"argument 'results': result {k} is on other images or scoring seeds than result 0")
+            if not np.array_equal(r.clean_correct, first.clean_correct):
+                raise ValueError(f"argument 'results': result {k} has other clean outcomes than result 0 (another "
+                                 "target, or other Poisson draws): its worst case would be over noise")
+        members = np.stack([r.adversarial_correct for r in results])
+        attacks = [r.settings.get("attack") for r in results]
+        settings = {"setting": first.settings.get("setting"), "target": first.settings.get("target"),
+                    "attack": {"name": "per_sample_worst_case", "members": list(names) if names else attacks}}
+        return cls(first.index, first.label, first.clean_correct, members.all(0), members, first.scoring_seeds,
+                   settings)
+
     def restricted(self, index: Sequence[int]) -> "EvaluationResult":
         """This result on the images of global indices ``index`` (each one of its own), in that order: e.g. the
         images two evaluations on nested sets share, for a paired test between them.

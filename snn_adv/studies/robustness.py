@@ -2,7 +2,8 @@
 blackbox (every source kind, trained separately with another seed, against every target: same-kind and cross pairs).
 
 :func:`table_study` is shared with the ``strong`` study (the same table under adaptive attacks). Besides the table
-(accuracy with its 95 % interval over images and Poisson seeds) it writes paired comparisons on the same images
+(accuracy with its 95 % interval over images and Poisson seeds, and each target's per-sample worst case over every
+attack on it, :data:`WORST`) it writes paired comparisons on the same images
 (each SNN against the ANN, each attack against the section's first) and self-checks whose verdicts come from paired
 tests (whitebox not weaker than transfer; an attack of at least the first one's effort not weaker than it;
 gradient-free and minimal-norm attacks not stronger / not more robust than it; more steps or restarts do not help).
@@ -27,8 +28,8 @@ from ..zoo import KINDS, LABELS
 from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, interval_columns, record_checks,
                      record_comparisons, results_of)
 
-__all__ = ["ROW_COLUMNS", "attack_checks", "condition_of", "evaluate_models", "on_common_images", "run", "summarise",
-           "table_study"]
+__all__ = ["ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "condition_of", "evaluate_models",
+           "on_common_images", "run", "summarise", "table_study"]
 
 
 def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:
@@ -56,9 +57,20 @@ def attack_checks(spec: Mapping[str, Any], reference: Mapping[str, Any], result:
     return [Check(c.name, c.passed, f"{target}: {c.detail}", c.values) for c in checks]
 
 
-#: one measured condition: (target label, condition) with condition ``clean``, ``<attack> WB`` or
-#: ``<attack> BB from <source label>``
+#: one measured condition: (target label, condition) with condition ``clean``, ``<attack> WB``,
+#: ``<attack> BB from <source label>`` or :data:`WORST`
 Key = Tuple[str, str]
+#: the condition of a target's per-sample worst case over every attack on it, whitebox and blackbox
+WORST = "worst of all attacks"
+
+
+def add_worst_cases(results: Dict[Key, EvaluationResult]) -> None:
+    """Add each target's :data:`WORST` condition (:meth:`EvaluationResult.worst_case` of its attacked conditions:
+    an image counts as robust under a Poisson seed only if no attack of the table fools it) when it has two or more."""
+    for target in dict.fromkeys(t for t, _ in results):
+        attacked = [(c, r) for (t, c), r in results.items() if t == target and c not in ("clean", WORST)]
+        if len(attacked) > 1:
+            results[(target, WORST)] = EvaluationResult.worst_case([r for _, r in attacked], [c for c, _ in attacked])
 
 
 def condition_of(spec: Optional[Mapping[str, Any]], source: Optional[str] = None) -> str:
@@ -93,7 +105,8 @@ def summarise(results: Mapping[Key, EvaluationResult], no_gradient: Sequence[Key
                 note, n, seeds = NO_GRADIENT, None, None
             else:
                 continue
-            mode = "-" if condition == "clean" else "whitebox" if condition.endswith(" WB") else "blackbox"
+            mode = ("-" if condition == "clean" else "every attack" if condition == WORST
+                    else "whitebox" if condition.endswith(" WB") else "blackbox")
             attack = "-" if condition == "clean" else condition.split(" WB")[0].split(" BB from ")[0]
             rows.append({"target": target, "condition": condition, "attack": attack, "mode": mode,
                          "source": condition.split(" BB from ")[1] + "'" if mode == "blackbox" else "", **columns,
@@ -156,6 +169,7 @@ def table_study(ctx: StudyContext, blackbox: bool) -> str:
                 no_gradient.append(key)
             else:
                 results[key] = result
+    add_worst_cases(results)
     pairs = [(LABELS[a], LABELS[b]) for a, b in (("snn_conv", "ann"), ("snn_bp", "ann"), ("snn_bp", "snn_conv"))
              if a in kinds and b in kinds]
     rows, wide, checks, comparisons = summarise(results, no_gradient, [LABELS[k] for k in kinds], attacks, pairs,
@@ -258,6 +272,7 @@ def evaluate_models(targets: Mapping[str, nn.Module], sources: Mapping[str, nn.M
                 record(condition_of(spec), run({name: model}, attack=spec))
         for source_name, source in sources.items():
             record(condition_of(spec, source_name), run(targets, attack=spec, source=source))
+    add_worst_cases(results)
     names = list(targets)
     return summarise(results, no_gradient, names, attacks, [(name, names[0]) for name in names[1:]])
 
