@@ -25,7 +25,7 @@ from .progress import progress as progress_bar
 from .validation import check_positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .evaluation import EvaluationResult
+    from .evaluation import CleanMemo, EvaluationResult
 
 __all__ = [
     "DistInfo",
@@ -102,12 +102,14 @@ def sharded_evaluate(
     batch_size: int,
     desc: str = "evaluate",
     progress: bool = True,
+    clean_memo: Optional["CleanMemo"] = None,
 ) -> Dict[str, "EvaluationResult"]:
     """:func:`snn_adv.evaluation.evaluate` of ``targets`` on ``(images, labels)``, its batches spread over the ranks.
 
     Each rank evaluates its batches (:func:`shard_batches`) with their global ``start_index``, so every batch draws
     the random streams it would draw in one process; the per-sample results of all ranks are gathered and merged
     (:meth:`~snn_adv.evaluation.EvaluationResult.merge`), and every rank returns the one-process result.
+    ``clean_memo``: see :func:`~snn_adv.evaluation.evaluate` (each rank's memo holds its own batches).
     """
     from .evaluation import EvaluationResult, evaluate
 
@@ -122,7 +124,7 @@ def sharded_evaluate(
     for _, start, stop in progress_bar(shard, desc, unit="batch", enabled=None if progress and info.is_main else False):
         results = evaluate(dict(targets), (images[start:stop], labels[start:stop]), attack, source, seed=seed,
                            scoring_seeds=scoring_seeds, batch_size=batch_size, start_index=start, device=info.device,
-                           progress=False)
+                           progress=False, clean_memo=clean_memo)
         parts.append({name: result.to_dict() for name, result in results.items()})
     if info.world_size > 1:
         gathered: List[Any] = [None] * info.world_size

@@ -11,7 +11,8 @@ import torch
 from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
 from snn_adv.attacks import FGSM, PGD, WorstCase, gradient_mode_ensemble
 from snn_adv.encoding import fixed_noise
-from snn_adv.evaluation import EvaluationResult, evaluate
+from snn_adv.neurons import spiking_neurons
+from snn_adv.evaluation import CleanMemo, EvaluationResult, evaluate, model_fingerprint
 from snn_adv.stats import compare
 from snn_adv.seeds import derive_seed
 
@@ -221,6 +222,71 @@ def test_the_worst_case_of_evaluations_is_their_per_sample_and_on_the_same_draws
         EvaluationResult.worst_case([a, a.restricted([0, 1])])
     with pytest.raises(ValueError, match="at least two"):
         EvaluationResult.worst_case([a])
+
+
+def count_scoring_forwards(model) -> list:
+    """A one-item list counting the images of ``model``'s forwards without gradient (the scoring forwards)."""
+    scored = [0]
+    model.register_forward_hook(lambda module, inputs, output: scored.__setitem__(
+        0, scored[0] + (0 if torch.is_grad_enabled() else len(inputs[0]))))
+    return scored
+
+
+def test_a_clean_memo_pays_each_targets_clean_forwards_once_with_identical_numbers(snn, ann, trained_pair):
+    x, y = trained_pair.x[:40], trained_pair.y[:40]
+    kwargs = dict(seed=3, scoring_seeds=(0, 5), batch_size=16, progress=False)
+    attacks = [functools.partial(FGSM, eps=0.1), functools.partial(PGD, eps=0.05, alpha=0.02, steps=2)]
+    memo = CleanMemo()
+    evaluate(snn, (x, y), clean_memo=memo, **kwargs)  # pays the clean forwards: 3 batches x 2 seeds
+    assert len(memo) == 3 * 2
+    for attack in attacks:
+        alone, shared = copy.deepcopy(snn), copy.deepcopy(snn)
+        paid_alone, paid_shared = count_scoring_forwards(alone), count_scoring_forwards(shared)
+        a = evaluate(alone, (x, y), attack, **kwargs)
+        b = evaluate(shared, (x, y), attack, clean_memo=memo, **kwargs)
+        assert paid_alone[0] - paid_shared[0] == 2 * len(x)  # the clean forwards of both seeds, no more
+        np.testing.assert_array_equal(a.clean_correct, b.clean_correct)
+        np.testing.assert_array_equal(a.adversarial_correct, b.adversarial_correct)
+        # a blackbox evaluation of the same target reuses them too
+        paid_shared[0] = 0
+        evaluate({"t": shared}, (x, y), attack, source=ann, clean_memo=memo, **kwargs)
+        assert paid_shared[0] == 2 * len(x)  # the adversarial forwards only
+    assert len(memo) == 3 * 2
+
+
+def test_a_clean_memo_never_serves_a_changed_target_or_batch(snn, trained_pair):
+    x, y = trained_pair.x[:32], trained_pair.y[:32]
+    kwargs = dict(seed=0, scoring_seeds=(0, 1), batch_size=16, progress=False)
+    memo = CleanMemo()
+    evaluate(snn, (x, y), clean_memo=memo, **kwargs)
+    fingerprint = model_fingerprint(snn)
+    assert model_fingerprint(copy.deepcopy(snn)) == fingerprint  # a copy is the same function
+    changed = [copy.deepcopy(snn) for _ in range(4)]
+    changed[0].timesteps += 4
+    with torch.no_grad():
+        next(changed[1].parameters()).mul_(-1)
+    changed[2].set_leak(0.5)
+    for neuron in spiking_neurons(changed[3]):  # a threshold is a setting of the module, not a tensor
+        neuron.v_threshold *= 3
+    for model in changed:
+        assert model_fingerprint(model) != fingerprint
+        expected = evaluate(copy.deepcopy(model), (x, y), **kwargs)
+        np.testing.assert_array_equal(evaluate(model, (x, y), clean_memo=memo, **kwargs).clean_correct,
+                                      expected.clean_correct)
+    flipped = evaluate(snn, (x.flip(0), y.flip(0)), clean_memo=memo, **kwargs)
+    np.testing.assert_array_equal(flipped.clean_correct, evaluate(snn, (x.flip(0), y.flip(0)), **kwargs).clean_correct)
+
+
+def test_an_attack_of_eps_0_is_not_run_and_scores_as_the_clean_image(snn, data):
+    class Refusing(FGSM):
+        def __call__(self, images, labels):
+            raise AssertionError("an eps = 0 attack was run")
+
+    scored = count_scoring_forwards(snn)
+    result = evaluate(snn, data, functools.partial(Refusing, eps=0.0), scoring_seeds=(0, 1), progress=False)
+    np.testing.assert_array_equal(result.adversarial_correct, result.clean_correct)
+    assert scored[0] == 2 * len(data[0])  # the image's outcome is the clean one, not scored again
+    assert result.settings["setting"] == "whitebox"
 
 
 def test_result_prints_one_line_with_intervals(snn, data):

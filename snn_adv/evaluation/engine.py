@@ -19,6 +19,7 @@ unsharded result. The caller's RNG state and the models' own encoder seeds are r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -37,7 +38,8 @@ from ..stats import accuracy_interval
 from ..seeds import derive_seed
 from ..validation import check_classifier, check_positive_int, check_seed
 
-__all__ = ["EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model"]
+__all__ = ["CleanMemo", "EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model",
+           "model_fingerprint"]
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 Data = Union[Batches, Tuple[torch.Tensor, torch.Tensor]]
@@ -321,6 +323,56 @@ def check_attack_protocol(attack: Any, model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Clean outcomes shared between evaluations
+# --------------------------------------------------------------------------------------------------------------
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of everything a classifier's forward depends on: every parameter and buffer (names, dtypes, shapes,
+    values, device), its printed module tree (neuron thresholds, leaks, layers), :func:`describe_model` (timesteps,
+    encoder), its readout and its fixed noise seed. Two models with one fingerprint compute the same function."""
+    digest = hashlib.sha256()
+    text = [repr(model), describe_model(model), getattr(model, "readout", None), fixed_noise_seed(model)]
+    digest.update(json.dumps(text, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.device}".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class CleanMemo:
+    r"""Clean outcomes of targets per batch, shared by the evaluations of a study (pass it to :func:`evaluate`).
+
+    A target's clean forward under scoring seed ``s`` runs alone in the scoring stream ``derive_seed(seed, "score",
+    s, first)``: its outcome depends on the target, the batch and that stream, never on the attack or the source.
+    An evaluation that shares the memo takes it from an earlier one instead of paying the forward again, so a
+    study pays each target's clean forwards once, with identical numbers.
+
+    Entries are keyed by the target's content (:func:`model_fingerprint`), the batch's images and labels, the engine
+    seed, the scoring seed and the batch's first index: a changed target or batch is a miss, never a stale hit.
+    """
+
+    def __init__(self) -> None:
+        self._outcomes: Dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    @staticmethod
+    def key(fingerprint: str, images: torch.Tensor, labels: torch.Tensor, seed: int, scoring_seed: int,
+            first: int) -> str:
+        digest = hashlib.sha256(f"{fingerprint}:{seed}:{scoring_seed}:{first}:{tuple(images.shape)}:{images.dtype}".encode())
+        for tensor in (images, labels):
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        return self._outcomes.get(key)
+
+    def put(self, key: str, outcome: torch.Tensor) -> None:
+        self._outcomes[key] = outcome
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Engine pieces
 # --------------------------------------------------------------------------------------------------------------
 def _is_attack(obj: Any) -> bool:
@@ -431,6 +483,7 @@ def evaluate(
     max_samples: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
+    clean_memo: Optional[CleanMemo] = None,
 ) -> Union[EvaluationResult, Dict[str, EvaluationResult]]:
     """Clean and adversarial accuracy of one or several targets, per sample and per scoring seed.
 
@@ -449,6 +502,11 @@ def evaluate(
     :param start_index: global index of this shard's first sample (sharded runs).
     :param max_samples: stop after this many samples.
     :param device: where to run (default: the first target's device).
+    :param clean_memo: clean outcomes shared with other evaluations of the same targets (:class:`CleanMemo`): each
+        target's clean forwards are taken from it where an earlier evaluation paid them, and stored for later ones.
+
+    A member that declares ``eps = 0`` is not run: the 0-ball holds only the image, which is then its adversarial
+    example, scored as the clean image (the same stream: the same outcome).
     :raises ValueError: on bad arguments or no data; ``RuntimeError`` when an attack breaks the threat model.
     """
     single = isinstance(targets, nn.Module)
@@ -490,6 +548,7 @@ def evaluate(
     all_encoders = {id(e): e for es in [crafting_encoders, *target_encoders.values()] for e in es}
     saved_seeds = {key: e.seed for key, e in all_encoders.items()}
     names = [describe_attack(m).get("name", type(m).__name__) for m in members]
+    fingerprints = {name: model_fingerprint(model) for name, model in named.items()} if clean_memo is not None else {}
     attack_seeds = [(m, m.seed) for m in members if hasattr(m, "seed")]
 
     index: List[np.ndarray] = []
@@ -511,6 +570,9 @@ def evaluate(
                 first = start_index + n_done
                 adversarials = []
                 for m, (member, name) in enumerate(zip(members, names)):
+                    if getattr(member, "eps", None) == 0:  # the 0-ball holds only the image: nothing to craft
+                        adversarials.append(images)
+                        continue
                     with _stream(derive_seed(seed, "craft", first, m), crafting_encoders, device,
                                  encoder_seed=derive_seed(seed, "craft-noise", first)):
                         _seed_attack(member, derive_seed(seed, "craft", first, m))
@@ -526,8 +588,14 @@ def evaluate(
                                 with _stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
                                     return (model(x).argmax(1) == labels).cpu()
 
-                            clean.append(correct(images))
-                            per_member.append([correct(x) for x in adversarials])
+                            key = None if clean_memo is None else clean_memo.key(fingerprints[name], images, labels, seed, s, first)
+                            clean_outcome = None if key is None else clean_memo.get(key)
+                            if clean_outcome is None:
+                                clean_outcome = correct(images)
+                                if key is not None:
+                                    clean_memo.put(key, clean_outcome)
+                            clean.append(clean_outcome)
+                            per_member.append([clean_outcome if x is images else correct(x) for x in adversarials])
                         records[name]["clean"].append(torch.stack(clean, 1).numpy())  # [B, S]
                         if members:
                             records[name]["members"].append(np.stack([torch.stack([p[m] for p in per_member], 1).numpy()

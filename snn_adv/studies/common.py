@@ -19,7 +19,7 @@ from ..cells import CellStore, run_cells, write_table
 from ..data import dataset_info
 from ..data.fingerprint import dataset_fingerprint
 from ..distributed import dist_info, sharded_evaluate
-from ..evaluation import Check, EvaluationResult, warn_failures
+from ..evaluation import Check, CleanMemo, EvaluationResult, warn_failures
 from ..io import PathLike, atomic_write, atomic_write_json, provenance
 from ..stats import Comparison
 from ..zoo import KINDS, LABELS, ModelZoo
@@ -64,14 +64,14 @@ def public_config(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 def evaluate_condition(targets: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
                        attack: Mapping[str, Any], source: Optional[nn.Module] = None, *, seed: int,
-                       scoring_seeds: Sequence[int], batch_size: int,
-                       progress: bool = True) -> Tuple[Dict[str, EvaluationResult], Optional[str]]:
+                       scoring_seeds: Sequence[int], batch_size: int, progress: bool = True,
+                       clean_memo: Optional[CleanMemo] = None) -> Tuple[Dict[str, EvaluationResult], Optional[str]]:
     """``(results per target, None)`` of ``targets`` under config entry ``attack`` crafted on ``source`` (None:
     whitebox on the one target; a clean entry: each target alone), sharded over ranks; when the crafting model
     gives no input gradient (e.g. a network silent at a small T), ``(clean results, the reason)``: no adversarial
-    number exists for it."""
+    number exists for it. ``clean_memo``: clean outcomes shared between conditions (:class:`~snn_adv.evaluation.CleanMemo`)."""
     run = functools.partial(sharded_evaluate, images=images, labels=labels, seed=seed, scoring_seeds=scoring_seeds,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, clean_memo=clean_memo)
     clean = lambda: {name: run({name: model})[name] for name, model in targets.items()}  # noqa: E731
     if attack["name"] == "clean":
         return clean(), None
@@ -98,6 +98,8 @@ class StudyContext:
         self.store = CellStore(self.out)
         self.eval_seeds = list(config["eval_seeds"])
         self.batch_size = int(config["eval_batch_size"])
+        #: each target's clean outcomes, paid in its first cell and reused by the others (identical numbers)
+        self.clean_memo = CleanMemo()
         self._data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @property
@@ -157,7 +159,7 @@ class StudyContext:
         images, labels = (t[:count] for t in self.data)
         results, no_gradient = evaluate_condition(targets, images, labels, attack, source, seed=self.config["seed"],
                                                   scoring_seeds=self.eval_seeds, batch_size=self.batch_size,
-                                                  progress=self.progress)
+                                                  progress=self.progress, clean_memo=self.clean_memo)
         cell = {"results": {name: result.to_dict() for name, result in results.items()}}
         return cell if no_gradient is None else {**cell, "no_gradient": no_gradient}
 

@@ -21,7 +21,7 @@ from .. import plots
 from ..attack_specs import attack_label, check_protocols
 from ..cells import cell_key, markdown_table
 from ..distributed import dist_info
-from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, EvaluationResult, check_gradient_free, check_minimal_norm,
+from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, CleanMemo, EvaluationResult, check_gradient_free, check_minimal_norm,
                           check_more_effort, check_not_weaker, check_whitebox_vs_transfer)
 from ..stats import compare
 from ..zoo import KINDS, LABELS
@@ -254,7 +254,7 @@ def evaluate_models(targets: Mapping[str, nn.Module], sources: Mapping[str, nn.M
 
     check_protocols(attacks, targets, "argument 'attacks'")
     run = functools.partial(evaluate_condition, images=images, labels=labels, seed=seed, scoring_seeds=scoring_seeds,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, clean_memo=CleanMemo())
     results: Dict[Key, EvaluationResult] = {}
     no_gradient: List[Key] = []
 
