@@ -8,6 +8,9 @@ One place for studies, the quickstart and ``snn-adv evaluate``. Names:
 ``ensemble``      :func:`snn_adv.attacks.gradient_mode_ensemble`: ``modes``, ``surrogates`` (specs) and PGD arguments
 ``torchattacks``  ``class`` of torchattacks (``APGD``, ``AutoAttack``, ``Square``...) and its ``kwargs``; torchattacks
                   calls ``eval()``, under which our neurons keep their surrogate gradient
+``worst_of``      not an attack: a row of a robustness or strong table, the per-sample worst case of the entries
+                  whose labels it lists in ``of`` (:meth:`snn_adv.evaluation.EvaluationResult.worst_case` of their
+                  whitebox results: no attack is crafted twice)
 
 plus table metadata that is not an argument: ``label``, ``snn_only`` (skip ANN targets), ``study_modes`` (restrict a
 sweep's whitebox/blackbox modes), ``alpha_over_eps`` (PGD step relative to eps in the eps sweep).
@@ -23,7 +26,7 @@ import torch.nn as nn
 __all__ = ["ATTACK_NAMES", "METADATA_KEYS", "at_eps", "attack_label", "build_attack", "build_surrogate",
            "check_protocols", "load_attacks"]
 
-ATTACK_NAMES = ("clean", "fgsm", "pgd", "ensemble", "torchattacks")
+ATTACK_NAMES = ("clean", "fgsm", "pgd", "ensemble", "torchattacks", "worst_of")
 METADATA_KEYS = ("label", "snn_only", "study_modes")
 
 
@@ -68,6 +71,9 @@ def build_attack(spec: Mapping[str, Any], model: nn.Module, seed: int = 0) -> Op
     name = spec.pop("name", None)
     if name == "clean":
         return None
+    if name == "worst_of":
+        raise ValueError("attack entry 'worst_of' is not an attack: it is a row of a robustness or strong table, "
+                         "computed from the rows it names in 'of'")
     if "surrogate" in spec:
         spec["surrogate"] = build_surrogate(spec["surrogate"])
     if name in attacks.ATTACKS:

@@ -171,7 +171,7 @@ def _architectures() -> Sequence[str]:
 def _attack_names() -> Sequence[str]:
     from .attacks import ATTACKS
 
-    return ["clean", *ATTACKS, "ensemble", "torchattacks"]
+    return ["clean", *ATTACKS, "ensemble", "torchattacks", "worst_of"]
 
 
 def _gradient_modes() -> Sequence[str]:
@@ -241,10 +241,37 @@ ATTACK = Section({
     "restarts": POSITIVE_INT, "random_start": FLAG, "grad_mode": Value("str", choices=_gradient_modes),
     "eot": POSITIVE_INT, "surrogate": SURROGATE,
     "modes": ListOf(Value("str", choices=_gradient_modes), unique=True), "surrogates": ListOf(SURROGATE, min_items=0),
-    "class": TEXT, "kwargs": OBJECT,
+    "class": TEXT, "kwargs": OBJECT, "of": ListOf(TEXT, unique=True, min_items=2),
     "label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True),
 }, required=("name",), extra=_attack_arguments)
-ATTACKS = ListOf(ATTACK)
+
+
+@dataclass(frozen=True)
+class AttackList(ListOf):
+    """A list of attack entries in which a ``worst_of`` entry names, in ``of``, the labels of other entries."""
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        super().check(value, path, problems)
+        if not isinstance(value, list):
+            return
+        from .attack_specs import attack_label
+
+        entries = [e for e in value if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        labels = {attack_label(e) for e in entries if e["name"] != "worst_of"}
+        for i, entry in enumerate(value):
+            if not (isinstance(entry, dict) and entry.get("name") == "worst_of"):
+                continue
+            if "of" not in entry:
+                problems.append(f"config key {f'{path}[{i}]'!r}: a 'worst_of' entry needs 'of', the labels of the "
+                                "entries it is the per-sample worst case of")
+            elif isinstance(entry["of"], list):
+                for label in entry["of"]:
+                    if label not in labels:
+                        problems.append(f"config key {f'{path}[{i}].of'!r}: {label!r} is not the label of another "
+                                        f"entry (labels: {', '.join(sorted(map(repr, labels)))})")
+
+
+ATTACKS = AttackList(ATTACK)
 KINDS = ListOf(KIND, unique=True)
 
 #: keys of :func:`snn_adv.training.train` a model recipe may set (the model zoo sets seed and progress itself)

@@ -44,6 +44,10 @@ def _write(tmp_path, config, name="c.json"):
     ({"studies": {"leak": {"leaks": [1.0, 1.5]}}}, r"'studies.leak.leaks\[1\]' = 1.5"),
     ({"models": {"snn_bp": {"leak": None}}}, r"'models.snn_bp.leak' = null: must be .*, not null"),
     ({"models": {"seeds": {"main": 1.5}}}, r"'models.seeds.main' = 1.5: must be an integer"),
+    ({"studies": {"strong": {"attacks": [{"name": "pgd", "label": "A"}, {"name": "worst_of", "of": ["A", "B"]}]}}},
+     r"'studies.strong.attacks\[1\].of': 'B' is not the label of another entry \(labels: 'A'\)"),
+    ({"studies": {"strong": {"attacks": [{"name": "pgd", "label": "A"}, {"name": "worst_of"}]}}},
+     r"'studies.strong.attacks\[1\]': a 'worst_of' entry needs 'of'"),
 ])
 def test_mistakes_are_refused_at_load_with_their_path(tmp_path, override, match):
     path = _write(tmp_path, merge(json.loads(TINY.read_text()), override))

@@ -123,6 +123,22 @@ def test_each_target_s_worst_of_all_attacks_is_the_and_of_its_cells(tiny_run):
     assert (WORST, "SNN-BP", "ANN") in comparisons
 
 
+def test_a_worst_of_row_is_the_and_of_the_rows_it_names_and_crafts_nothing(tiny_run):
+    """``worst_of``: the per-sample worst case of other entries' whitebox cells, not a cell of its own."""
+    from snn_adv.studies.common import results_of
+
+    out, config, *_ = tiny_run
+    entry = next(a for a in config["studies"]["strong"]["attacks"] if a["name"] == "worst_of")
+    cells = [json.loads(p.read_text()) for p in (out / "strong" / "cells").glob("*.json")]
+    assert all(c["settings"]["attack"]["name"] != "worst_of" for c in cells)
+    named = {c["settings"]["attack"].get("label"): results_of(c)["snn_bp"] for c in cells}
+    by_hand = np.logical_and.reduce([named[label].adversarial_correct for label in entry["of"]])
+    rows = {r["condition"]: r for r in _rows(out, "strong")}
+    row = rows[f"{entry['label']} WB"]
+    assert row["accuracy"] == pytest.approx(100 * by_hand.mean()) and row["mode"] == "whitebox"
+    assert row["accuracy"] < min(rows[f"{label} WB"]["accuracy"] for label in entry["of"])  # the AND bites here
+
+
 def test_a_target_on_fewer_images_is_compared_on_the_images_both_saw(tiny_run, tmp_path):
     """``test_counts`` (e.g. SNN-conv at a large T): that kind is evaluated on the first images only, in every cell
     (clean, whitebox, blackbox), the others on all; a paired comparison with it uses the images both saw."""
@@ -487,7 +503,7 @@ def test_autoattack_standard_on_a_stochastic_target_is_refused_before_training(t
     config = load_config(TINY)
     autoattack = {"name": "torchattacks", "class": "AutoAttack", "kwargs": {"norm": "Linf", "eps": 0.1}}
     config["studies"]["strong"]["attacks"].append(autoattack)  # version 'standard' by default
-    with pytest.raises(ValueError, match=r"studies\.strong\.attacks\[4\].*SNN-BP.*version='rand'"):
+    with pytest.raises(ValueError, match=r"studies\.strong\.attacks\[5\].*SNN-BP.*version='rand'"):
         run_studies(["eps", "strong"], config, tmp_path, progress=False)
     assert not (tmp_path / "models").exists()  # refused before any model was trained
     autoattack["kwargs"]["version"] = "rand"

@@ -28,7 +28,7 @@ from ..zoo import KINDS, LABELS
 from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, interval_columns, record_checks,
                      record_comparisons, results_of)
 
-__all__ = ["ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "condition_of", "evaluate_models",
+__all__ = ["ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "condition_of", "evaluate_models", "is_derived",
            "on_common_images", "run", "summarise", "table_study"]
 
 
@@ -64,11 +64,31 @@ Key = Tuple[str, str]
 WORST = "worst of all attacks"
 
 
-def add_worst_cases(results: Dict[Key, EvaluationResult]) -> None:
-    """Add each target's :data:`WORST` condition (:meth:`EvaluationResult.worst_case` of its attacked conditions:
-    an image counts as robust under a Poisson seed only if no attack of the table fools it) when it has two or more."""
-    for target in dict.fromkeys(t for t, _ in results):
-        attacked = [(c, r) for (t, c), r in results.items() if t == target and c not in ("clean", WORST)]
+def is_derived(spec: Mapping[str, Any]) -> bool:
+    """Whether an attack entry is a row computed from other rows (``worst_of``), not crafted."""
+    return spec["name"] == "worst_of"
+
+
+def add_worst_cases(results: Dict[Key, EvaluationResult], no_gradient: List[Key],
+                    attacks: Sequence[Mapping[str, Any]]) -> None:
+    """Add the derived rows of a table to ``results``: for each ``worst_of`` entry of ``attacks`` and each target
+    with whitebox results of every entry it names, their per-sample worst case
+    (:meth:`EvaluationResult.worst_case`; a ``no_gradient`` member makes it ``no_gradient`` too); then each
+    target's :data:`WORST` condition over its crafted conditions (an image counts as robust under a Poisson seed
+    only if no attack of the table fools it) when it has two or more."""
+    by_label = {attack_label(spec): spec for spec in attacks if not is_derived(spec)}
+    targets = list(dict.fromkeys(t for t, _ in [*results, *no_gradient]))
+    for spec in filter(is_derived, attacks):
+        members = [condition_of(by_label[label]) for label in spec["of"]]
+        for target in targets:
+            if any((target, c) in no_gradient for c in members):
+                no_gradient.append((target, condition_of(spec)))
+            elif all((target, c) in results for c in members):
+                results[(target, condition_of(spec))] = EvaluationResult.worst_case(
+                    [results[(target, c)] for c in members], members)
+    derived = {condition_of(spec) for spec in attacks if is_derived(spec)}
+    for target in targets:
+        attacked = [(c, r) for (t, c), r in results.items() if t == target and c not in ("clean", WORST, *derived)]
         if len(attacked) > 1:
             results[(target, WORST)] = EvaluationResult.worst_case([r for _, r in attacked], [c for c, _ in attacked])
 
@@ -135,7 +155,7 @@ def table_study(ctx: StudyContext, blackbox: bool) -> str:
                         **({"test_counts": fewer} if fewer else {}))
 
     cells = [cell(None, {"name": "clean"}, kinds)]
-    for spec in attacks:
+    for spec in (a for a in attacks if not is_derived(a)):
         for kind in kinds:
             if not (spec.get("snn_only") and kind == "ann"):
                 cells.append(cell({"kind": kind, "role": "main", "model": zoo.key(kind)}, spec, [kind]))
@@ -169,7 +189,7 @@ def table_study(ctx: StudyContext, blackbox: bool) -> str:
                 no_gradient.append(key)
             else:
                 results[key] = result
-    add_worst_cases(results)
+    add_worst_cases(results, no_gradient, attacks)
     pairs = [(LABELS[a], LABELS[b]) for a, b in (("snn_conv", "ann"), ("snn_bp", "ann"), ("snn_bp", "snn_conv"))
              if a in kinds and b in kinds]
     rows, wide, checks, comparisons = summarise(results, no_gradient, [LABELS[k] for k in kinds], attacks, pairs,
@@ -195,7 +215,7 @@ def _checks(results: Mapping[Key, EvaluationResult], targets: Sequence[str], att
             whitebox = results.get((target, condition_of(spec)))
             if whitebox is None:
                 continue
-            if spec is not reference and baseline is not None:
+            if spec is not reference and baseline is not None and not is_derived(spec):  # derived: never weaker
                 checks += attack_checks(spec, reference, whitebox, baseline, target)
             for (other, condition), transfer in results.items():
                 prefix = f"{attack_label(spec)} BB from "
@@ -266,13 +286,13 @@ def evaluate_models(targets: Mapping[str, nn.Module], sources: Mapping[str, nn.M
                 no_gradient.append((name, condition))
 
     record("clean", run(targets, attack={"name": "clean"}))
-    for spec in attacks:
+    for spec in (a for a in attacks if not is_derived(a)):
         for name, model in targets.items():
             if not (spec.get("snn_only") and not spiking_neurons(model)):
                 record(condition_of(spec), run({name: model}, attack=spec))
         for source_name, source in sources.items():
             record(condition_of(spec, source_name), run(targets, attack=spec, source=source))
-    add_worst_cases(results)
+    add_worst_cases(results, no_gradient, attacks)
     names = list(targets)
     return summarise(results, no_gradient, names, attacks, [(name, names[0]) for name in names[1:]])
 
