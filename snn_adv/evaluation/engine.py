@@ -10,7 +10,8 @@ members of a :class:`~snn_adv.attacks.WorstCase`), the engine
 2. checks the threat model: ``x_adv`` in [0, 1] and, when the attack declares ``eps``, in the L-inf eps-ball;
 3. scores every target on the clean batch and on every ``x_adv[m]``, once per scoring seed ``s``, each forward
    inside the *scoring stream* ``derive_seed(seed, "score", s, i0)``: every member and every target sees the same
-   Poisson draw of seed ``s``, so a worst case is over attacks, never over noise.
+   Poisson draw of seed ``s``, so a worst case is over attacks, never over noise. The clean outcomes depend on
+   nothing else: a :class:`CleanMemo` shared by several evaluations pays them once per target and batch.
 
 A sample is adversarially correct when it is correct on every member's batch. Streams depend on the global index
 of the batch's first sample, so shards of a run (``start_index``) merge (:meth:`EvaluationResult.merge`) to the
