@@ -273,8 +273,9 @@ def test_a_clean_memo_never_serves_a_changed_target_or_batch(snn, trained_pair):
         expected = evaluate(copy.deepcopy(model), (x, y), **kwargs)
         np.testing.assert_array_equal(evaluate(model, (x, y), clean_memo=memo, **kwargs).clean_correct,
                                       expected.clean_correct)
-    flipped = evaluate(snn, (x.flip(0), y.flip(0)), clean_memo=memo, **kwargs)
-    np.testing.assert_array_equal(flipped.clean_correct, evaluate(snn, (x.flip(0), y.flip(0)), **kwargs).clean_correct)
+    for images, labels in [(x.flip(0), y.flip(0)), (x.roll(1, -1), y)]:  # other images, with or without other labels
+        served = evaluate(snn, (images, labels), clean_memo=memo, **kwargs).clean_correct
+        np.testing.assert_array_equal(served, evaluate(snn, (images, labels), **kwargs).clean_correct)
 
 
 def test_an_attack_of_eps_0_is_not_run_and_scores_as_the_clean_image(snn, data):

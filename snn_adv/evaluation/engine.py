@@ -359,12 +359,16 @@ class CleanMemo:
         return len(self._outcomes)
 
     @staticmethod
-    def key(fingerprint: str, images: torch.Tensor, labels: torch.Tensor, seed: int, scoring_seed: int,
-            first: int) -> str:
-        digest = hashlib.sha256(f"{fingerprint}:{seed}:{scoring_seed}:{first}:{tuple(images.shape)}:{images.dtype}".encode())
+    def batch_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+        """A digest of a batch's images (shape, dtype, values) and labels."""
+        digest = hashlib.sha256(f"{tuple(images.shape)}:{images.dtype}".encode())
         for tensor in (images, labels):
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
+
+    @staticmethod
+    def key(fingerprint: str, batch_digest: str, seed: int, scoring_seed: int, first: int) -> str:
+        return f"{fingerprint}:{batch_digest}:{seed}:{scoring_seed}:{first}"
 
     def get(self, key: str) -> Optional[torch.Tensor]:
         return self._outcomes.get(key)
@@ -581,6 +585,7 @@ def evaluate(
                     _check_threat_model(adversarial, images, getattr(member, "eps", None), name,
                                         getattr(member, "norm", "Linf"))
                     adversarials.append(adversarial)
+                batch = CleanMemo.batch_digest(images, labels) if clean_memo is not None else ""
                 with torch.no_grad():
                     for name, model in named.items():
                         clean, per_member = [], []
@@ -589,7 +594,7 @@ def evaluate(
                                 with _stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
                                     return (model(x).argmax(1) == labels).cpu()
 
-                            key = None if clean_memo is None else clean_memo.key(fingerprints[name], images, labels, seed, s, first)
+                            key = None if clean_memo is None else clean_memo.key(fingerprints[name], batch, seed, s, first)
                             clean_outcome = None if key is None else clean_memo.get(key)
                             if clean_outcome is None:
                                 clean_outcome = correct(images)
