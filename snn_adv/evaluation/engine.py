@@ -326,6 +326,11 @@ def check_attack_protocol(attack: Any, model: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Clean outcomes shared between evaluations
 # --------------------------------------------------------------------------------------------------------------
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's values (any dtype, any device), for digests."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A digest of everything a classifier's forward depends on: every parameter and buffer (names, dtypes, shapes,
     values, device), its printed module tree (neuron thresholds, leaks, layers), :func:`describe_model` (timesteps,
@@ -334,9 +339,8 @@ def model_fingerprint(model: nn.Module) -> str:
     text = [repr(model), describe_model(model), getattr(model, "readout", None), fixed_noise_seed(model)]
     digest.update(json.dumps(text, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
-        tensor = tensor.detach()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.device}".encode())
-        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -363,7 +367,7 @@ class CleanMemo:
         """A digest of a batch's images (shape, dtype, values) and labels."""
         digest = hashlib.sha256(f"{tuple(images.shape)}:{images.dtype}".encode())
         for tensor in (images, labels):
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(_tensor_bytes(tensor))
         return digest.hexdigest()
 
     @staticmethod
