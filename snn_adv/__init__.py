@@ -11,6 +11,8 @@ tests its claims under strong adaptive attacks. The public API, by room:
 - attacks and evaluation: :class:`FGSM`, :class:`PGD`, :class:`WorstCase`, :func:`gradient_mode`, :func:`adapt`,
   :func:`evaluate` (:class:`EvaluationResult` with intervals), :mod:`stats` (paired tests),
   :func:`sanity_checks`, :func:`fixed_noise`, :func:`is_stochastic`, :func:`check_attack_protocol`
+- the robustness protocol (versioned battery, cascade, certificate): :mod:`protocol`
+  (``snn_adv.protocol.robust_accuracy``)
 - experiments: :func:`run_study`, :func:`quickstart`
 """
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ from .encoding import DirectEncoder, PoissonEncoder, fixed_noise, is_stochastic
 from .evaluation import Check, EvaluationResult, GradientMaskingWarning, check_attack_protocol, evaluate, sanity_checks
 from .models import build_classifier, resnet20, spiking_twin, vgg5, vgg11
 from .neurons import LeakyLIFNode, PiecewiseLinear, set_leak
+from . import protocol
 from .quickstart import quickstart
 from .studies import STUDIES, run_studies, run_study
 from .training import seed_everything, train, train_ann, train_snn
@@ -69,6 +72,7 @@ __all__ = [
     "is_stochastic",
     "load_tensors",
     "make_loader",
+    "protocol",
     "quickstart",
     "resnet20",
     "run_studies",

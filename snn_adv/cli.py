@@ -16,7 +16,7 @@ from . import __version__
 #: what a user can cause and fix (bad value, config, file, data folder, diverging training): one line, exit 2
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 #: commands whose ``--out`` is a folder (the others write one checkpoint file)
-FOLDER_OUTPUTS = ("quickstart", "study", "evaluate")
+FOLDER_OUTPUTS = ("quickstart", "study", "evaluate", "protocol")
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
@@ -42,31 +42,16 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from . import checkpoints
     from .attack_specs import load_attacks
     from .cells import claim_output_folder, write_table
-    from .data import load_tensors
     from .distributed import init_distributed
     from .io import atomic_write, atomic_write_json, provenance
-    from .studies.common import COMPARISON_COLUMNS, check_evaluation_data
+    from .studies.common import COMPARISON_COLUMNS
     from .studies.robustness import ROW_COLUMNS, evaluate_models
 
-    def models(paths: List[str], what: str) -> dict:
-        named = {Path(p).stem: checkpoints.load(p) for p in paths}
-        if len(named) != len(paths):
-            raise ValueError(f"argument '{what}' = {paths}: two checkpoints share a file name; give them distinct names")
-        return named
-
-    targets, sources = models(args.targets, "targets"), models(args.source or [], "--source")
-    datasets = {m.arch["dataset"] for m in [*targets.values(), *sources.values()]}
-    if len(datasets) != 1:
-        raise ValueError(f"arguments 'targets'/'--source': checkpoints of different datasets {sorted(datasets)}")
-    dataset = datasets.pop()
+    targets, sources = _checkpoints(args.targets, "targets"), _checkpoints(args.source or [], "--source")
     attacks = load_attacks(args.attacks, args.study)
-    images, labels = load_tensors(dataset, "test", count=args.test_count, root=args.data_root, seed=args.subset_seed)
-    check_evaluation_data(images, labels, dataset)
+    dataset, images, labels = _test_data([*targets.values(), *sources.values()], args)
     info = init_distributed()  # under torchrun every rank evaluates its batches; rank 0 reports
     rows, table, checks, comparisons = evaluate_models(
         targets, sources, images, labels, attacks, seed=args.seed, scoring_seeds=args.eval_seeds,
@@ -95,6 +80,54 @@ def _evaluate(args: argparse.Namespace) -> int:
                 handle.write("\n".join(check_lines) + "\n")
         print(f"\nwritten to {args.out}: table.md/.csv/.json, checks.md/.json, comparisons.md/.csv/.json")
     return 0
+
+
+def _checkpoints(paths: List[str], what: str) -> dict:
+    """Checkpoints by file stem (their names in tables)."""
+    from . import checkpoints
+
+    named = {Path(p).stem: checkpoints.load(p) for p in paths}
+    if len(named) != len(paths):
+        raise ValueError(f"argument '{what}' = {paths}: two checkpoints share a file name; give them distinct names")
+    return named
+
+
+def _test_data(models: list, args: argparse.Namespace):
+    """``(dataset, images, labels)``: the test subset of the one dataset all ``models`` were trained on."""
+    from .data import load_tensors
+    from .studies.common import check_evaluation_data
+
+    datasets = {m.arch["dataset"] for m in models}
+    if len(datasets) != 1:
+        raise ValueError(f"arguments: checkpoints of different datasets {sorted(datasets)}")
+    dataset = datasets.pop()
+    images, labels = load_tensors(dataset, "test", count=args.test_count, root=args.data_root, seed=args.subset_seed)
+    check_evaluation_data(images, labels, dataset)
+    return dataset, images, labels
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    from . import checkpoints
+    from .protocol import robust_accuracy
+
+    model, sources = checkpoints.load(args.checkpoint), _checkpoints(args.source or [], "--source")
+    _, images, labels = _test_data([model, *sources.values()], args)
+    report = robust_accuracy(model, (images, labels), eps=args.eps, version=args.version, sources=sources,
+                             seed=args.seed, scoring_seeds=args.eval_seeds, fresh_draws=args.fresh_draws,
+                             batch_size=args.batch_size, out=args.out, progress=not args.quiet)
+    print(report.table_markdown())
+    if args.out is not None:
+        print(f"written to {args.out}: report.json, table.md, cost.png, stages/ (rerun the command to resume)")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    """A number or a fraction ``a/b`` (``8/255``)."""
+    try:
+        top, _, bottom = text.partition("/")
+        return float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 8/255") from error
 
 
 # ---------------------------------------------------------------- train-ann / convert / train-snn (models)
@@ -261,6 +294,17 @@ def _add_model_commands(commands) -> None:
     p.set_defaults(func=_train_snn)
 
 
+def _evaluation_options(p: argparse.ArgumentParser) -> None:
+    """Test subset, scoring seeds, batch size, seed and --quiet of the commands that evaluate checkpoints."""
+    p.add_argument("--test-count", type=_positive_int, default=1000, help="class-balanced subset of N test images")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the test subset")
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="Poisson scoring seeds (distinct)")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="evaluation batch size")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the crafting and scoring streams")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snn-adv",
@@ -302,16 +346,31 @@ def build_parser() -> argparse.ArgumentParser:
                                "whose studies.<--study>.attacks to use, e.g. cpu")
     evaluate.add_argument("--study", default="robustness", help="which study's attack list a preset gives")
     evaluate.add_argument("--data-root", default=None, help="dataset folder (the checkpoints name the dataset)")
-    evaluate.add_argument("--test-count", type=_positive_int, default=1000,
-                          help="class-balanced subset of N test images")
-    evaluate.add_argument("--subset-seed", type=int, default=0, help="seed of the test subset")
-    evaluate.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
-                          help="Poisson scoring seeds (distinct)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=100, help="evaluation batch size")
-    evaluate.add_argument("--seed", type=int, default=0, help="base seed of the crafting and scoring streams")
+    _evaluation_options(evaluate)
     evaluate.add_argument("--out", default=None, help="also write the tables and checks to this folder")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=_evaluate)
+
+    from .protocol import VERSIONS
+
+    protocol = commands.add_parser(
+        "protocol", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="robust accuracy under the versioned battery (cascade, convergence certificate, self-checks)",
+        description="Run the robustness protocol on a checkpoint: a fixed, versioned battery of attacks as a cascade "
+                    "on the (image, Poisson draw) pairs still robust, a convergence certificate and self-checks. "
+                    "Prints the headline and the per-stage table; --out keeps every stage (resumable), report.json "
+                    "with every per-image outcome and cost.png.")
+    protocol.add_argument("checkpoint", help="the model to evaluate (snn-adv train-ann/convert/train-snn)")
+    protocol.add_argument("--source", action="append", metavar="CHECKPOINT",
+                          help="transfer source (repeatable), e.g. the ANN the SNN was converted from")
+    protocol.add_argument("--data", "--data-root", dest="data_root", default=None,
+                          help="dataset folder (the checkpoint names the dataset)")
+    protocol.add_argument("--eps", type=_fraction, default=8 / 255, help="L-inf radius, a number or a/b (8/255)")
+    protocol.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
+    protocol.add_argument("--fresh-draws", type=_positive_int, default=8,
+                          help="fresh Poisson draws on which the final survivors are re-scored")
+    _evaluation_options(protocol)
+    protocol.add_argument("--out", default=None, help="folder for the stages (resumable) and the report")
+    protocol.set_defaults(func=_protocol)
     _add_model_commands(commands)
     for command in commands.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

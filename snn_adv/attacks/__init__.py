@@ -1,10 +1,12 @@
 """Adversarial attacks through the temporal unrolling of spiking networks (and on ANNs), with selectable gradient
 modes for SNN sources, a worst-case ensemble, and an adapter for torchattacks.
 
-One file per attack family: :mod:`.fgsm`, :mod:`.pgd`, :mod:`.ensemble`; shared machinery in :mod:`.base`;
+One file per attack family: :mod:`.fgsm`, :mod:`.pgd`, :mod:`.apgd` (APGD, APGD-T), :mod:`.sapgd` (SA-PGD),
+:mod:`.square` (gradient-free), :mod:`.ensemble`; shared machinery in :mod:`.base`;
 gradient rules in :mod:`.gradients`; torchattacks adapter in :mod:`.adapter`; minimal-norm attacks at a budget
 and the gradient rescaler in :mod:`.budget`.
 """
+from .apgd import APGD
 from .adapter import AdaptedSpikingClassifier, adapt, neurons_in_training_mode
 from .base import Attack, NoInputGradientError, frozen_parameters, preserved_modes, project
 from .budget import BudgetedAttack, GradientScaled, perturbation_norm, within_budget
@@ -12,10 +14,13 @@ from .ensemble import WorstCase, gradient_mode_ensemble
 from .fgsm import FGSM
 from .gradients import ASSG, BPTT, GRADIENT_MODES, HART, PDSG, GradientMode, RateGradient, gradient_mode, resolve_gradient_mode
 from .pgd import PGD
+from .sapgd import SAPGD
+from .square import Square
 
 ATTACKS = {"fgsm": FGSM, "pgd": PGD}
 
 __all__ = [
+    "APGD",
     "ASSG",
     "ATTACKS",
     "AdaptedSpikingClassifier",
@@ -31,6 +36,8 @@ __all__ = [
     "PDSG",
     "PGD",
     "RateGradient",
+    "SAPGD",
+    "Square",
     "WorstCase",
     "adapt",
     "frozen_parameters",

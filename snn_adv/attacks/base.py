@@ -10,7 +10,7 @@ cross-entropy of ``labels`` read as target classes.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -147,21 +147,32 @@ class Attack:
             first gradient of a call is exactly zero for the whole batch: the attack would silently return the
             clean images (or its random start). A zero gradient later on is a flat region the attack reached.
         """
+        return self.objective_gradient(images, labels, self.loss)[0]
+
+    def objective_gradient(self, images: torch.Tensor, labels: torch.Tensor,
+                           objective) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""EOT averages over ``eot`` forward passes of the per-sample ``objective(logits, labels)`` (to ascend):
+        ``(gradient, objective, logits)``, each the mean over the passes; the gradient is that of
+        ``sum_n objective_n``. Guards as :meth:`input_gradient`."""
         total = torch.zeros_like(images)
+        values = logits_sum = None
         for _ in range(self.eot):
             x = images.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = self.model(x)
                 if not logits.requires_grad:
                     raise NoInputGradientError(self.model, "the logits are not connected to the input in autograd")
-                (grad,) = torch.autograd.grad(self.loss(logits, labels).sum(), x, allow_unused=True)
+                value = objective(logits, labels)
+                (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
             if grad is None:
                 raise NoInputGradientError(self.model, "the logits are not connected to the input in autograd")
             total += grad
+            values = value.detach() if values is None else values + value.detach()
+            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
         if self._at_start and not total.any():
             raise NoInputGradientError(self.model, "the input gradient is exactly zero for every sample of the batch")
         self._at_start = False
-        return total / self.eot
+        return total / self.eot, values / self.eot, logits_sum / self.eot
 
     def random_uniform(self, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
         """Uniform noise in [low, high) shaped like ``like``, from the attack's own seeded stream."""

@@ -40,7 +40,7 @@ from ..seeds import derive_seed
 from ..validation import check_classifier, check_positive_int, check_seed
 
 __all__ = ["CleanMemo", "EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model",
-           "model_fingerprint"]
+           "model_fingerprint", "seeded_stream"]
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 Data = Union[Batches, Tuple[torch.Tensor, torch.Tensor]]
@@ -77,6 +77,8 @@ class EvaluationResult:
         self.scoring_seeds = [int(s) for s in scoring_seeds]
         self.settings = dict(settings or {})
         self.checks = list(checks or [])
+        #: [M, N, ...] adversarial images of each member, kept by ``evaluate(..., keep_adversarial=True)``
+        self.adversarial_examples: Optional[torch.Tensor] = None
         n, s = len(self.index), len(self.scoring_seeds)
         for name, array, shape in [("label", self.label, (n,)), ("clean_correct", self.clean_correct, (n, s)),
                                    ("adversarial_correct", self.adversarial_correct, (n, s))]:
@@ -453,7 +455,7 @@ def _check_seeds(scoring_seeds: Sequence[int]) -> List[int]:
 
 
 @contextlib.contextmanager
-def _stream(seed: int, encoders: Sequence[Any], device: torch.device, encoder_seed: Optional[int] = None) -> Iterator[None]:
+def seeded_stream(seed: int, encoders: Sequence[Any], device: torch.device, encoder_seed: Optional[int] = None) -> Iterator[None]:
     """Seed torch's global RNG (forked: restored after the block) and the encoders' private streams.
 
     Encoders under :func:`~snn_adv.encoding.fixed_noise` keep their fixed draw.
@@ -493,6 +495,9 @@ def evaluate(
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
     clean_memo: Optional[CleanMemo] = None,
+    active: Optional[Union[Sequence[bool], np.ndarray, torch.Tensor]] = None,
+    keep_adversarial: bool = False,
+    crafting_key: Any = None,
 ) -> Union[EvaluationResult, Dict[str, EvaluationResult]]:
     """Clean and adversarial accuracy of one or several targets, per sample and per scoring seed.
 
@@ -513,6 +518,15 @@ def evaluate(
     :param device: where to run (default: the first target's device).
     :param clean_memo: clean outcomes shared with other evaluations of the same targets (:class:`CleanMemo`): each
         target's clean forwards are taken from it where an earlier evaluation paid them, and stored for later ones.
+
+    :param active: one flag per sample of ``data`` (in order): the attack crafts only on the flagged samples (a
+        cascade attacking the survivors of earlier attacks); the others are scored as their clean images. Scoring
+        still runs on whole batches, so every sample keeps the Poisson draw it has in an unrestricted evaluation.
+    :param crafting_key: a name mixed into the crafting streams only (``derive_seed(seed, "craft", crafting_key,
+        i0, m)``): evaluations with different keys craft from independent random starts and draws while scoring
+        on the same Poisson draws (the protocol's stages and certificate). ``None``: the streams above.
+    :param keep_adversarial: attach the adversarial images ``[M, N, ...]`` (CPU) of every member as the results'
+        ``adversarial_examples`` (not saved with them).
 
     A member that declares ``eps = 0`` is not run: the 0-ball holds only the image, which is then its adversarial
     example, scored as the clean image (the same stream: the same outcome).
@@ -559,6 +573,8 @@ def evaluate(
     names = [describe_attack(m).get("name", type(m).__name__) for m in members]
     fingerprints = {name: model_fingerprint(model) for name, model in named.items()} if clean_memo is not None else {}
     attack_seeds = [(m, m.seed) for m in members if hasattr(m, "seed")]
+    active = None if active is None else torch.as_tensor(np.asarray(active, dtype=bool))
+    kept: List[torch.Tensor] = []
 
     index: List[np.ndarray] = []
     labels_seen: List[np.ndarray] = []
@@ -577,25 +593,33 @@ def evaluate(
                     images, labels = images[: max_samples - n_done], labels[: max_samples - n_done]
                 images, labels = images.to(device), labels.to(device)
                 first = start_index + n_done
+                rows = None if active is None else _active_rows(active, n_done, len(labels)).to(device)
                 adversarials = []
                 for m, (member, name) in enumerate(zip(members, names)):
-                    if getattr(member, "eps", None) == 0:  # the 0-ball holds only the image: nothing to craft
-                        adversarials.append(images)
+                    if getattr(member, "eps", None) == 0 or (rows is not None and not rows.any()):
+                        adversarials.append(images)  # the 0-ball holds only the image; no sample to attack
                         continue
-                    with _stream(derive_seed(seed, "craft", first, m), crafting_encoders, device,
-                                 encoder_seed=derive_seed(seed, "craft-noise", first)):
-                        _seed_attack(member, derive_seed(seed, "craft", first, m))
-                        adversarial = member(images, labels).detach()
-                    _check_threat_model(adversarial, images, getattr(member, "eps", None), name,
+                    crafted_images, crafted_labels = (images, labels) if rows is None else (images[rows], labels[rows])
+                    craft = derive_seed(seed, "craft", first, m) if crafting_key is None else \
+                        derive_seed(seed, "craft", crafting_key, first, m)
+                    noise = derive_seed(seed, "craft-noise", first) if crafting_key is None else \
+                        derive_seed(seed, "craft-noise", crafting_key, first)
+                    with seeded_stream(craft, crafting_encoders, device, encoder_seed=noise):
+                        _seed_attack(member, craft)
+                        crafted = member(crafted_images, crafted_labels).detach()
+                    _check_threat_model(crafted, crafted_images, getattr(member, "eps", None), name,
                                         getattr(member, "norm", "Linf"))
+                    adversarial = crafted if rows is None else images.index_put((rows,), crafted)
                     adversarials.append(adversarial)
+                if keep_adversarial and members:
+                    kept.append(torch.stack(adversarials).cpu())
                 batch = CleanMemo.batch_digest(images, labels) if clean_memo is not None else ""
                 with torch.no_grad():
                     for name, model in named.items():
                         clean, per_member = [], []
                         for s in seeds:
                             def correct(x: torch.Tensor) -> torch.Tensor:
-                                with _stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
+                                with seeded_stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
                                     return (model(x).argmax(1) == labels).cpu()
 
                             key = None if clean_memo is None else clean_memo.key(fingerprints[name], batch, seed, s, first)
@@ -645,4 +669,13 @@ def evaluate(
         }
         results[name] = EvaluationResult(np.concatenate(index), np.concatenate(labels_seen), clean, adversarial,
                                          member_correct if len(members) > 1 else None, seeds, settings)
+        if keep_adversarial:
+            results[name].adversarial_examples = torch.cat(kept, 1) if kept else None
     return results["target"] if single else results
+
+
+def _active_rows(active: torch.Tensor, done: int, count: int) -> torch.Tensor:
+    """The flags of samples ``done .. done+count-1``; refused when ``active`` has fewer."""
+    if len(active) < done + count:
+        raise ValueError(f"argument 'active': {len(active)} flags for at least {done + count} samples")
+    return active[done:done + count]

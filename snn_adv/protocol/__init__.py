@@ -1,0 +1,16 @@
+"""The robustness protocol: one call, one number a reviewer can trust (the AutoAttack of SNNs).
+
+:func:`robust_accuracy` runs a fixed, versioned battery (:data:`VERSIONS`, ``snn-v1``) as a cascade on the
+(image, Poisson draw) pairs still robust, certifies convergence with a stronger re-run of its strongest stage,
+runs self-checks that can fail, and returns a :class:`ProtocolReport` with one headline line.
+
+- :mod:`.battery`: the stages of each version (where to add an attack to a new version);
+- :mod:`.run`: the cascade on the evaluation engine, resumable per stage;
+- :mod:`.report`: the headline, table, plot and per-image outcomes.
+"""
+from .battery import CERTIFICATE, LARGE_EPS, VERSIONS, Stage, battery_digest, stages_of
+from .report import ProtocolReport, StageRecord
+from .run import behaves_randomly, gradient_scale, robust_accuracy
+
+__all__ = ["CERTIFICATE", "LARGE_EPS", "ProtocolReport", "Stage", "StageRecord", "VERSIONS", "battery_digest",
+           "behaves_randomly", "gradient_scale", "robust_accuracy", "stages_of"]

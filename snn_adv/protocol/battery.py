@@ -1,0 +1,165 @@
+r"""The versioned batteries of the robustness protocol: which attacks, with which parameters, in which order.
+
+A version pins every stage and its parameters; any change of a battery is a new version, so that figures under
+one version stay comparable (``battery_digest`` is recorded in every report and tested against the version).
+
+``snn-v1`` (Linf), each stage on the (image, scoring seed) pairs the earlier stages left robust:
+
+==================  ======================================================================================
+``apgd-ce``         APGD, cross-entropy, 50 iterations x EOT 2 (AutoAttack's ``rand`` uses 100 x 20, ~20x
+                    the cost; 100 gradients per image keep the first stage, which every image pays, at the
+                    cost of one 100-iteration APGD without EOT), BPTT with the model's own surrogate
+``apgd-t``          APGD-T: targeted DLR towards each of the 3 classes ranked next by the clean logits (AutoAttack
+                    uses 9; on 10 classes the 4th and later rarely win), 50 x EOT 2 each
+``sa-pgd-assg``     SA-PGD with the ASSG surrogate, Wang et al.'s defaults (100 iterations, EOT 1, ``A = 0.425``)
+``apgd-rate``,      APGD-CE through the other gradient modes (RGA's rate gradient, HART, PDSG) and attacker
+``apgd-hart``, ...  surrogates (ATan alpha 2, sigmoid alpha 4, the paper's piecewise-linear at widths 0.5 and 2):
+                    25 x EOT 2 each, enough for a different gradient to show what the first stages missed
+``transfer[s]``     APGD-CE crafted on each source ``s`` (100 x EOT 2 where the source is random), scored on the
+                    target
+``square``          Square, 1000 queries (the issue's floor at 8/255; AutoAttack runs 5000 on all images, here
+                    only survivors pay), margin averaged over 1 draw per query
+==================  ======================================================================================
+
+Gradient-mode stages need spiking neurons (an ANN's gradient is exact: they would repeat ``apgd-ce``), and the
+modes that change the backward rule (rate, HART, PDSG, ASSG) need :class:`~snn_adv.neurons.LeakyLIFNode`; a stage
+that does not apply to a model is listed as ``not applicable`` with the reason. EOT draws apply only to random
+models (on a deterministic one every draw gives the same gradient). The convergence certificate re-runs the
+stage that broke the most pairs with 4x the iterations, 4x the EOT draws and 2 restarts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch.nn as nn
+
+from ..attack_specs import build_surrogate
+from ..attacks import APGD, GRADIENT_MODES, PGD, SAPGD, Square, resolve_gradient_mode
+from ..neurons import LeakyLIFNode, spiking_neurons
+from ..seeds import canonical_json
+
+__all__ = ["CERTIFICATE", "LARGE_EPS", "Stage", "VERSIONS", "battery_digest", "large_eps_attack", "stages_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a battery.
+
+    :ivar name: its name in reports (``apgd-ce``).
+    :ivar attack: ``'apgd'``, ``'sapgd'`` or ``'square'``.
+    :ivar arguments: the attack's arguments (``steps``, ``loss``, ``eot``, ``queries``, ...), eps excluded.
+    :ivar grad_mode: ``None`` (the model's own surrogate, BPTT) or ``{"name": mode, **parameters}``; a ``bptt``
+        mode may carry an attacker ``surrogate`` spec (:func:`~snn_adv.attack_specs.build_surrogate`).
+    :ivar transfer: crafted on each source instead of the target.
+    """
+
+    name: str
+    attack: str
+    arguments: Mapping[str, Any]
+    grad_mode: Optional[Mapping[str, Any]] = None
+    transfer: bool = False
+
+    @property
+    def gradient_free(self) -> bool:
+        return self.attack == "square"
+
+    def settings(self) -> Dict[str, Any]:
+        return {"name": self.name, "attack": self.attack, "arguments": dict(self.arguments),
+                "grad_mode": None if self.grad_mode is None else dict(self.grad_mode), "transfer": self.transfer}
+
+    def not_applicable(self, model: nn.Module) -> Optional[str]:
+        """Why this stage does not apply to ``model`` (crafting model), or None."""
+        if self.grad_mode is None or self.attack == "sapgd":
+            return None
+        neurons = spiking_neurons(model)
+        if not neurons:
+            return "no spiking neurons: the model's gradient is exact, the stage would repeat apgd-ce"
+        if self.grad_mode["name"] != "bptt" and any(not isinstance(n, LeakyLIFNode) for n in neurons):
+            return f"gradient mode {self.grad_mode['name']!r} needs snn_adv's LeakyLIFNode (stock neurons)"
+        return None
+
+    def gradient_mode(self, model: nn.Module):
+        """The gradient mode on ``model``: SA-PGD's ASSG falls back to the model's own gradient where ASSG does not
+        apply (no spiking neurons, stock neurons)."""
+        spec = dict(self.grad_mode or {"name": "bptt"})
+        name = spec.pop("name")
+        neurons = spiking_neurons(model)
+        if name != "bptt" and (not neurons or any(not isinstance(n, LeakyLIFNode) for n in neurons)):
+            return resolve_gradient_mode("bptt")
+        surrogate = spec.pop("surrogate", None)
+        if name == "bptt":
+            return resolve_gradient_mode("bptt", None if surrogate is None else build_surrogate(surrogate))
+        return GRADIENT_MODES[name](**spec)
+
+    def build(self, model: nn.Module, eps: float, random: bool, effort: int = 1, restarts: int = 1):
+        """The attack on crafting model ``model`` at ``eps``; ``random``: the model is random (EOT applies);
+        ``effort`` multiplies iterations (queries) and EOT draws, ``restarts`` sets the restarts (certificate)."""
+        arguments = dict(self.arguments)
+        draws = arguments.pop("eot", 1)
+        eot = draws * effort if random else 1
+        if self.attack == "square":
+            arguments["queries"] *= effort
+            return Square(model, eps=eps, eot=eot, **arguments)
+        arguments["steps"] *= effort
+        cls = {"apgd": APGD, "sapgd": SAPGD}[self.attack]
+        return cls(model, eps=eps, eot=eot, restarts=restarts, grad_mode=self.gradient_mode(model), **arguments)
+
+
+def _surrogate_stage(name: str, surrogate: Mapping[str, Any]) -> Stage:
+    return Stage(name, "apgd", {"steps": 25, "loss": "ce", "eot": 2}, {"name": "bptt", "surrogate": dict(surrogate)})
+
+
+def _mode_stage(mode: str) -> Stage:
+    return Stage(f"apgd-{mode}", "apgd", {"steps": 25, "loss": "ce", "eot": 2}, {"name": mode})
+
+
+#: version -> the whitebox stages in order; transfer stages (one per source) and Square follow them
+VERSIONS: Dict[str, Tuple[Stage, ...]] = {
+    "snn-v1": (
+        Stage("apgd-ce", "apgd", {"steps": 50, "loss": "ce", "eot": 2}),
+        Stage("apgd-t", "apgd", {"steps": 50, "loss": "dlr", "target_classes": 3, "eot": 2}),
+        Stage("sa-pgd-assg", "sapgd", {"steps": 100, "eot": 1}, {"name": "assg", "vanishing": 0.425}),
+        _mode_stage("rate"),
+        _mode_stage("hart"),
+        _mode_stage("pdsg"),
+        _surrogate_stage("apgd-atan", {"name": "ATan", "alpha": 2.0}),
+        _surrogate_stage("apgd-sigmoid", {"name": "Sigmoid", "alpha": 4.0}),
+        _surrogate_stage("apgd-pwl-narrow", {"name": "PiecewiseLinear", "gamma": 1.0, "width": 0.5}),
+        _surrogate_stage("apgd-pwl-wide", {"name": "PiecewiseLinear", "gamma": 1.0, "width": 2.0}),
+        Stage("transfer", "apgd", {"steps": 100, "loss": "ce", "eot": 2}, transfer=True),
+        Stage("square", "square", {"queries": 1000, "p_init": 0.8, "eot": 1}),
+    ),
+}
+
+#: the convergence certificate: factor on iterations and EOT draws, and restarts
+CERTIFICATE = {"effort": 4, "restarts": 2}
+#: the large-eps self-check: PGD from the clean image (a random start alone would fool the model and hide a
+#: missing gradient), 28 steps of 2.5*eps/28 (Madry's rule), on the first images
+LARGE_EPS = {"eps": 1.0, "steps": 28, "images": 100, "bound": 0.05}
+
+
+def stages_of(version: str, sources: Mapping[str, nn.Module]) -> Tuple[Stage, ...]:
+    """The stages of ``version`` with the transfer stage expanded to one per source (none without sources)."""
+    if version not in VERSIONS:
+        raise ValueError(f"argument 'version' = {version!r}: must be one of {', '.join(VERSIONS)}")
+    stages = []
+    for stage in VERSIONS[version]:
+        if stage.transfer:
+            stages += [dataclasses.replace(stage, name=f"{stage.name}[{name}]") for name in sources]
+        else:
+            stages.append(stage)
+    return tuple(stages)
+
+
+def battery_digest(version: str) -> str:
+    """A digest of the version's stages, certificate and self-check settings (recorded in every report)."""
+    content = [[s.settings() for s in VERSIONS[version]], CERTIFICATE, LARGE_EPS]
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()[:16]
+
+
+def large_eps_attack(model: nn.Module) -> PGD:
+    """The PGD of the large-eps self-check on ``model`` (its own gradient)."""
+    eps, steps = LARGE_EPS["eps"], LARGE_EPS["steps"]
+    return PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=False)

@@ -1,0 +1,237 @@
+"""The robustness protocol: the cascade attacks exactly the survivors, resumes byte for byte, certifies convergence,
+and tells honest models from masked ones (each case a model whose behaviour is known).
+
+A cheap battery ``test`` replaces ``snn-v1`` here (the same stage kinds, a few iterations each); the full battery
+runs on these models in ``experiments/protocol_validation.py``.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+import snn_adv.protocol.run as protocol_run
+from attack_helpers import _InputGradient, ann, data, snn  # noqa: F401 (fixtures)
+from snn_adv import checkpoints, evaluate
+from snn_adv.attacks import APGD, FGSM, PGD, NoInputGradientError
+from snn_adv.classifier import SpikingClassifier
+from snn_adv.encoding import PoissonEncoder
+from snn_adv.neurons import PiecewiseLinear, spiking_neurons
+from snn_adv.protocol import LARGE_EPS, VERSIONS, Stage, battery_digest, robust_accuracy, stages_of
+from snn_adv.stats import compare
+
+TEST_BATTERY = (
+    Stage("apgd-ce", "apgd", {"steps": 5, "loss": "ce", "eot": 1}),
+    Stage("apgd-rate", "apgd", {"steps": 3, "loss": "ce", "eot": 1}, {"name": "rate"}),
+    Stage("apgd-atan", "apgd", {"steps": 3, "loss": "ce", "eot": 1}, {"name": "bptt", "surrogate": {"name": "ATan", "alpha": 2.0}}),
+    Stage("transfer", "apgd", {"steps": 5, "loss": "ce", "eot": 1}, transfer=True),
+    Stage("square", "square", {"queries": 100, "p_init": 0.8, "eot": 1}),
+)
+
+
+@pytest.fixture
+def battery(monkeypatch):
+    monkeypatch.setitem(VERSIONS, "test", TEST_BATTERY)
+    monkeypatch.setitem(LARGE_EPS, "steps", 8)
+    return "test"
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Every evaluate() call of the protocol: its keyword arguments and result."""
+    recorded = []
+    real = protocol_run.evaluate
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        recorded.append((kwargs, result))
+        return result
+
+    monkeypatch.setattr(protocol_run, "evaluate", spy)
+    return recorded
+
+
+def test_snn_v1_is_pinned():
+    # a change of the battery must come with a new version string: this digest is snn-v1's
+    assert battery_digest("snn-v1") == "06811feaae5c651b"
+    names = [s.name for s in stages_of("snn-v1", {"ann": nn.Identity()})]
+    assert names[:3] == ["apgd-ce", "apgd-t", "sa-pgd-assg"] and names[-2:] == ["transfer[ann]", "square"]
+    with pytest.raises(ValueError, match="snn-v1"):
+        stages_of("snn-v0", {})
+
+
+def test_cascade_attacks_exactly_the_survivors(battery, calls, snn, ann, data):
+    snn.timesteps = 8
+    x, y = data[0][:16], data[1][:16]
+    report = robust_accuracy(snn, (x, y), eps=0.1, version=battery, sources={"ann": ann}, scoring_seeds=[0, 1],
+                             batch_size=8, progress=False)
+    names = [s.name for s in stages_of(battery, {"ann": ann})]
+    assert [r.name for r in report.stages][: len(names)] == names and report.stages[-1].name == "certificate"
+    by_key = {kwargs.get("crafting_key"): (kwargs, result) for kwargs, result in calls}
+    clean = by_key["clean"][1].clean_correct
+    robust = clean.copy()
+    for name in [*names, f"certificate:{report.certificate['stage']}"]:
+        kwargs, result = by_key[name if not name.startswith("transfer") else "transfer[ann]"]
+        # each stage crafts only on images with a pair that every earlier stage left robust...
+        np.testing.assert_array_equal(kwargs["active"], robust.any(1))
+        # ...and scores on the same Poisson draws as the clean pass
+        np.testing.assert_array_equal(result.clean_correct, clean)
+        robust &= result.adversarial_correct
+    np.testing.assert_array_equal(report.result.adversarial_correct, robust)
+    assert report.robust_accuracy == robust.mean()
+    # who broke what: every pair broken is credited to one stage, every robust pair to none
+    assert ((report.broken_by == -1) == robust).all() and ((report.broken_by == -2) == ~clean).all()
+    if report.every_draw is not None:
+        assert (report.every_draw.adversarial_correct <= report.result.adversarial_correct).all()
+
+
+def paired_not_above(report, result):
+    """The protocol's robust outcome is not significantly above an attack's (one-sided paired test)."""
+    return not compare(report.result, result, alternative="greater").significant()
+
+
+def test_honest_ann_is_at_or_below_every_single_attack(battery, ann, data):
+    x, y = data
+    report = robust_accuracy(ann, (x, y), eps=0.1, version=battery, scoring_seeds=[0], progress=False)
+    assert not report.random and report.every_draw is None
+    assert report.verdict in ("converged", "not converged"), report.verdict
+    for attack in (FGSM(ann, eps=0.1), PGD(ann, eps=0.1, alpha=0.025, steps=7), APGD(ann, eps=0.1, steps=10)):
+        single = evaluate(ann, (x, y), attack, scoring_seeds=[0], progress=False)
+        assert paired_not_above(report, single)
+        assert report.robust_accuracy <= single.adversarial_accuracy + 1 / len(y)
+
+
+def test_noise_backward_is_flagged(battery, ann, data):
+    class NoiseGradient(nn.Module):
+        """The ANN's logits; an input gradient of pure noise (seeded by the engine's streams)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(_InputGradient.apply(images, lambda g: torch.randn_like(g)))
+
+    x, y = data
+    masked = NoiseGradient(ann).eval()
+    report = robust_accuracy(masked, (x, y), eps=0.1, version=battery, scoring_seeds=[0], progress=False)
+    failed = {c.name for c in report.failed_checks}
+    assert "gradient_free_not_stronger" in failed and report.verdict.startswith("unreliable")
+    assert report.headline().startswith("robust accuracy") and "unreliable: " in report.headline()
+
+
+def test_stock_neurons_in_eval_are_refused(battery, data):
+    net = nn.Sequential(layer.Flatten(), layer.Linear(28 * 28, 10), neuron.LIFNode())
+    functional.set_step_mode(net, "m")
+    model = SpikingClassifier(net, PoissonEncoder(seed=0), timesteps=4).eval()
+    with pytest.raises(NoInputGradientError, match="adapt"):
+        robust_accuracy(model, (data[0][:8], data[1][:8]), eps=0.1, version=battery, progress=False)
+
+
+def test_a_vanishing_surrogate_is_flagged(battery, snn, data):
+    snn.timesteps = 8
+    for node in spiking_neurons(snn):
+        node.surrogate_function = PiecewiseLinear(gamma=1.0, width=1e-7)
+    x, y = data[0][:16], data[1][:16]
+    report = robust_accuracy(snn, (x, y), eps=0.1, version=battery, scoring_seeds=[0, 1], progress=False)
+    failed = {c.name for c in report.failed_checks}
+    assert failed & {"own_gradient", "vanishing_gradient"}, [str(c) for c in report.checks]
+    assert report.verdict.startswith("unreliable")
+
+
+def test_converted_snn_at_low_t_is_at_or_below_single_attacks(battery, snn, ann, data):
+    snn.timesteps = 8
+    x, y = data[0][:16], data[1][:16]
+    seeds = [0, 1]
+    report = robust_accuracy(snn, (x, y), eps=0.1, version=battery, sources={"ann": ann}, scoring_seeds=seeds,
+                             batch_size=8, progress=False)
+    assert report.random and report.every_draw is not None
+    for attack, source in ((PGD(snn, eps=0.1, alpha=0.025, steps=7), None), (PGD(ann, eps=0.1, alpha=0.025, steps=7), ann)):
+        single = evaluate(snn, (x, y), attack, source=source, scoring_seeds=seeds, batch_size=8, progress=False)
+        assert paired_not_above(report, single)
+
+
+def test_a_noise_defence_is_detected_as_random(battery, ann, data):
+    class NoisyInput(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model((images + 0.1 * torch.randn_like(images)).clamp(0, 1))
+
+    x, y = data[0][:16], data[1][:16]
+    defended = NoisyInput(ann).eval()
+    assert protocol_run.behaves_randomly(defended, x) and not protocol_run.behaves_randomly(ann, x)
+    report = robust_accuracy(defended, (x, y), eps=0.1, version=battery, scoring_seeds=[0, 1], progress=False)
+    assert report.random and report.every_draw is not None
+    single = evaluate(defended, (x, y), PGD(defended, eps=0.1, alpha=0.025, steps=7), scoring_seeds=[0, 1], progress=False)
+    assert paired_not_above(report, single)
+
+
+def test_certificate_verdict_follows_its_test(monkeypatch, ann, data):
+    # a one-step first stage leaves images that 4x the iterations and 2 restarts still break: not converged
+    monkeypatch.setitem(VERSIONS, "weak", (Stage("apgd-ce", "apgd", {"steps": 1, "loss": "ce", "eot": 1}),))
+    x, y = data
+    report = robust_accuracy(ann, (x, y), eps=0.05, version="weak", scoring_seeds=[0], progress=False)
+    certificate = report.certificate
+    assert certificate["stage"] == "apgd-ce"
+    assert certificate["converged"] == (certificate["removed"] <= 0.005 and certificate["comparison"]["p_value"] >= 0.05)
+    assert certificate["broken"] > 0 and not report.converged and "not converged" in report.headline()
+
+
+def without_seconds(value):
+    """A report's JSON without its wall times (which a recomputed stage measures anew)."""
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
+
+
+def test_resumes_byte_for_byte_and_refuses_damaged_stages(battery, calls, ann, data, tmp_path):
+    x, y = data[0][:16], data[1][:16]
+    kwargs = dict(eps=0.1, version=battery, scoring_seeds=[0], progress=False, out=tmp_path)
+    robust_accuracy(ann, (x, y), **kwargs)
+    report = (tmp_path / "report.json").read_bytes()
+    first_calls = len(calls)
+    # a rerun of a finished run computes nothing and writes the same bytes
+    robust_accuracy(ann, (x, y), **kwargs)
+    assert (tmp_path / "report.json").read_bytes() == report and len(calls) == first_calls
+    # a run killed during the square stage: that stage and everything after it are missing
+    for path in sorted((tmp_path / "stages").glob("*")):
+        if path.name.split("-", 1)[0] >= "04":
+            path.unlink()
+    (tmp_path / "report.json").unlink()
+    robust_accuracy(ann, (x, y), **kwargs)
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    assert without_seconds(resumed) == without_seconds(json.loads(report))
+    recomputed = [c[0].get("crafting_key") for c in calls[first_calls:]]
+    assert "apgd-ce" not in recomputed and "square" in recomputed
+    # a damaged stage file is refused, never used
+    stage = tmp_path / "stages" / "01-apgd-ce.json"
+    text = stage.read_text()
+    at = text.index("1", text.index('"adversarial_correct"'))  # one per-image outcome flipped
+    stage.write_text(text[:at] + "0" + text[at + 1:])
+    with pytest.raises(ValueError, match="01-apgd-ce.json"):
+        robust_accuracy(ann, (x, y), **kwargs)
+    # other inputs in the same folder are refused too
+    stage.unlink()
+    with pytest.raises(ValueError, match="other inputs"):
+        robust_accuracy(ann, (x, y), **{**kwargs, "eps": 0.2})
+
+
+def test_cli_runs_the_protocol_on_a_checkpoint(battery, ann, tmp_path, capsys):
+    from snn_adv.cli import main
+
+    path = tmp_path / "ann.pt"
+    checkpoints.save(ann, path)
+    out = tmp_path / "protocol"
+    assert main(["protocol", str(path), "--version", battery, "--test-count", "20", "--eval-seeds", "0",
+                 "--eps", "8/255", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "robust accuracy" in printed and "(test, Linf 8/255, 20 images x 1 draws" in printed
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["version"] == "test" and len(saved["robust"]) == 20 and (out / "cost.png").exists()
