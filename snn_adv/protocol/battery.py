@@ -40,7 +40,7 @@ from ..attacks import APGD, GRADIENT_MODES, PGD, SAPGD, Square, resolve_gradient
 from ..neurons import LeakyLIFNode, spiking_neurons
 from ..seeds import canonical_json
 
-__all__ = ["CERTIFICATE", "LARGE_EPS", "Stage", "VERSIONS", "battery_digest", "large_eps_attack", "stages_of"]
+__all__ = ["CERTIFICATE", "LARGE_EPS", "VANISHING_RATIO", "Stage", "VERSIONS", "battery_digest", "large_eps_attack", "stages_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +138,11 @@ CERTIFICATE = {"effort": 4, "restarts": 2}
 #: the large-eps self-check: PGD from the clean image (a random start alone would fool the model and hide a
 #: missing gradient), 28 steps of 2.5*eps/28 (Madry's rule), on the first images
 LARGE_EPS = {"eps": 1.0, "steps": 28, "images": 100, "bound": 0.05}
+#: the vanishing-gradient check fails when, on most clean-correct images (the median), the first-order change of
+#: the margin over the whole eps-ball, ``eps * |grad_x margin|_1``, is below this fraction of the margin: a gradient
+#: attack is then blind (it needs the margin to fall by all of it). Sign attacks ignore the gradient's scale, so
+#: the bound is far below honest models' (about 2 for the test suite's ANN at eps 0.1)
+VANISHING_RATIO = 0.01
 
 
 def stages_of(version: str, sources: Mapping[str, nn.Module]) -> Tuple[Stage, ...]:
@@ -155,7 +160,7 @@ def stages_of(version: str, sources: Mapping[str, nn.Module]) -> Tuple[Stage, ..
 
 def battery_digest(version: str) -> str:
     """A digest of the version's stages, certificate and self-check settings (recorded in every report)."""
-    content = [[s.settings() for s in VERSIONS[version]], CERTIFICATE, LARGE_EPS]
+    content = [[s.settings() for s in VERSIONS[version]], CERTIFICATE, LARGE_EPS, VANISHING_RATIO]
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()[:16]
 
 

@@ -35,16 +35,12 @@ from ..progress import log
 from ..seeds import canonical_json
 from ..stats import compare
 from ..validation import check_classifier, check_fraction, check_positive_int
-from .battery import CERTIFICATE, LARGE_EPS, Stage, battery_digest, large_eps_attack, stages_of
+from .battery import CERTIFICATE, LARGE_EPS, VANISHING_RATIO, Stage, battery_digest, large_eps_attack, stages_of
 from .report import ProtocolReport, StageRecord
 
 __all__ = ["CostMeter", "behaves_randomly", "gradient_scale", "robust_accuracy"]
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, torch.Tensor]]]
-#: the vanishing-gradient check fails when, on most clean-correct images, the first-order change of the margin
-#: over the whole eps-ball, ``eps * |grad_x margin|_1``, is below this fraction of the margin: a gradient attack
-#: is then blind (it needs the margin to fall by all of it)
-VANISHING_RATIO = 0.01
 
 
 # --------------------------------------------------------------------------------------------------------------
