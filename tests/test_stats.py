@@ -4,10 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats as scipy_stats
 
 from snn_adv.evaluation import EvaluationResult
-from snn_adv.stats import RESAMPLES, accuracy_interval, compare, compare_to_bound, mean_interval, paired_difference
+from snn_adv.stats import RESAMPLES, accuracy_interval, compare, compare_to_bound, holm, mean_interval, paired_difference
 
 
 def result(adversarial, clean=None, index=None, label=None):
@@ -147,7 +148,14 @@ def test_paired_difference_against_enumeration_and_bootstrap_and_drops_nan_pairs
         assert comparison.alternative == alternative and comparison.method.startswith("sign-flip")
     comparison = paired_difference(x, y, seed=2)
     assert comparison.difference == pytest.approx(d.mean()) and comparison.n == 10
-    assert (comparison.low, comparison.high) == pytest.approx(hand_bootstrap_interval(d, seed=2), abs=1e-12)
+    # the interval is the set of shifts theta the exact test (all 2^10 sign patterns of |d - theta|) does not
+    # reject: its Monte Carlo ends lie between the exact ends at levels 94 % and 96 % (Monte Carlo error of p)
+    patterns = np.array(list(itertools.product([-1, 1], repeat=len(d))))
+    thetas = np.linspace(d.min() - 0.1, d.max() + 0.1, 4001)
+    exact_p = np.array([np.mean(np.abs(patterns @ np.abs(d - t)) >= abs((d - t).sum()) - 1e-12) for t in thetas])
+    for end, pick in ((comparison.low, min), (comparison.high, max)):
+        wide, narrow = (pick(thetas[exact_p >= alpha]) for alpha in (0.04, 0.06))
+        assert min(wide, narrow) - 1e-3 <= end <= max(wide, narrow) + 1e-3
     # a NaN on either side drops the pair: the same test as on the remaining pairs, n counts them
     x_nan, y_nan = x.copy(), y.copy()
     x_nan[2], y_nan[7] = np.nan, np.nan
@@ -163,3 +171,100 @@ def test_paired_difference_against_enumeration_and_bootstrap_and_drops_nan_pairs
         paired_difference(x, y[:5])
     with pytest.raises(ValueError, match="no pair"):
         paired_difference(np.array([np.nan, 1.0]), np.array([0.0, np.nan]))
+
+
+def excludes_zero(comparison):
+    return comparison.low > 0 or comparison.high < 0
+
+
+LEVELS = st.sampled_from([0.8, 0.9, 0.95, 0.99])
+ALTERNATIVE = st.sampled_from(["two-sided", "greater", "less"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(outcomes=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=80), level=LEVELS,
+       alternative=ALTERNATIVE)
+def test_mcnemar_interval_excludes_zero_exactly_when_the_test_rejects(outcomes, level, alternative):
+    a, b = np.array(outcomes, dtype=float).T
+    comparison = paired_difference(a, b, level, alternative)
+    assert comparison.method == "exact McNemar"
+    assert excludes_zero(comparison) == (comparison.p_value < 1 - level)
+    assert comparison.low <= comparison.difference <= comparison.high
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=2, max_size=40), level=LEVELS,
+       alternative=ALTERNATIVE, seed=st.integers(0, 2 ** 16))
+def test_sign_flip_interval_excludes_zero_exactly_when_the_test_rejects(counts, level, alternative, seed):
+    # per-image accuracies over 3 seeds (k / 3): few discordant images, where a percentile bootstrap is too narrow
+    a, b = np.array(counts, dtype=float).T / 3
+    comparison = compare(result(np.arange(3)[None] < a[:, None] * 3), result(np.arange(3)[None] < b[:, None] * 3),
+                         level=level, alternative=alternative, seed=seed)
+    assert excludes_zero(comparison) == (comparison.p_value < 1 - level)
+    assert comparison.low <= comparison.difference <= comparison.high
+    assert -1 <= comparison.low and comparison.high <= 1  # a difference of accuracies; one-sided ends at -1 or 1
+
+
+def test_few_discordant_images_the_inverted_interval_agrees_where_the_percentile_bootstrap_did_not():
+    # the quickstart case: 300 images, 5 discordant, all against a: p = 2 / 2^5 = 0.0625, not rejected
+    a = np.array([0] * 5 + [1] * 295, dtype=float)
+    b = np.ones(300)
+    comparison = paired_difference(a, b)
+    assert comparison.p_value == pytest.approx(0.0625) and not comparison.significant(0.95)
+    assert not excludes_zero(comparison)  # the interval ends at -5/300 (pi = 0) and just above 0
+    assert comparison.low == pytest.approx(-5 / 300)
+    low, high = hand_bootstrap_interval(a - b)  # the percentile bootstrap that was here excluded 0
+    assert high < 0
+
+
+def test_mcnemar_interval_ends_solve_the_binomial_tail_equations():
+    # 9 images only right under a, 2 only under b, 19 concordant: the ends map pi_low, pi_high with
+    # P(K >= 9 | 11, pi_low) = 0.025 and P(K <= 9 | 11, pi_high) = 0.025 (binomial sums by hand) to (11/30)(2 pi - 1)
+    a = np.array([1] * 10 + [1] * 9 + [0] * 2 + [0] * 9, dtype=float)
+    b = np.array([1] * 10 + [0] * 9 + [1] * 2 + [0] * 9, dtype=float)
+    comparison = paired_difference(a, b)
+    tail_up = lambda pi: sum(math.comb(11, i) * pi ** i * (1 - pi) ** (11 - i) for i in range(9, 12))  # noqa: E731
+    tail_down = lambda pi: sum(math.comb(11, i) * pi ** i * (1 - pi) ** (11 - i) for i in range(0, 10))  # noqa: E731
+    pi_low, pi_high = (30 / 11 * comparison.low + 1) / 2, (30 / 11 * comparison.high + 1) / 2
+    assert tail_up(pi_low) == pytest.approx(0.025, abs=1e-9) and tail_down(pi_high) == pytest.approx(0.025, abs=1e-9)
+    greater = paired_difference(a, b, alternative="greater")  # one-sided: the whole 5 % in the lower tail
+    assert tail_up((30 / 11 * greater.low + 1) / 2) == pytest.approx(0.05, abs=1e-9) and greater.high == 11 / 30
+    # no discordant image: the difference is exactly 0 given that, p = 1
+    same = paired_difference(a, a)
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_bound_interval_inverts_the_bound_test():
+    for outcomes in (np.array([1] * 4 + [0] * 36), np.array([1] * 10 + [0] * 30)):  # exact binomial
+        comparison = compare_to_bound(result(outcomes), "adversarial", 0.05)
+        assert (comparison.low > 0) == comparison.significant(0.95)
+        k, n = int(outcomes.sum()), len(outcomes)
+        p_low = comparison.low + 0.05  # the one-sided Clopper-Pearson bound: P(K >= k | p_low) = 0.05
+        assert sum(math.comb(n, i) * p_low ** i * (1 - p_low) ** (n - i) for i in range(k, n + 1)) == \
+            pytest.approx(0.05, abs=1e-9)
+    rng = np.random.default_rng(4)
+    for accuracy in (0.03, 0.08, 0.12):  # three seeds: the bootstrap test
+        r = result(rng.random((60, 3)) < accuracy)
+        for bound in (0.02, 0.05, 0.1):
+            comparison = compare_to_bound(r, "adversarial", bound)
+            assert (comparison.low > 0) == comparison.significant(0.95), (accuracy, bound)
+
+
+def test_holm_against_a_hand_computed_family():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0]) and holm([0.2]) == pytest.approx([0.2])
+    assert len(holm([])) == 0
+    with pytest.raises(ValueError, match="p_values"):
+        holm([0.1, 1.5])
+
+
+def test_a_family_of_three_whose_smallest_p_is_003_is_inconclusive():
+    from snn_adv.studies.common import family_verdicts
+
+    rows = [{"a": "x", "b": "y", "difference": d, "p_value": p, "family": "three"}
+            for d, p in ((2.0, 0.03), (1.0, 0.2), (-1.0, 0.5))]
+    rows.append({"a": "x", "b": "y", "difference": 2.0, "p_value": 0.03, "family": "alone"})
+    verdicts = family_verdicts(rows)
+    assert [v["p_holm"] for v in verdicts] == pytest.approx([0.09, 0.4, 0.5, 0.03])
+    assert [v["verdict"] for v in verdicts] == ["inconclusive"] * 3 + ["x higher"]
