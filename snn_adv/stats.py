@@ -14,15 +14,18 @@ per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
   when ``p < 1 - level``.
 
   * Every ``d_i`` in {-1, 0, 1} (binary outcomes): flipping signs is the exact McNemar test, ``b ~ Binomial(m, 1/2)``
-    for the ``b`` images with ``d_i = +1`` among the ``m`` discordant ones. Conditionally on ``m`` the difference
-    is ``Delta = (m / n) (2 pi - 1)`` with ``pi = P(d_i = +1 | d_i != 0)``, and the interval is the Clopper-Pearson
-    interval of ``pi`` (the values not rejected by the exact binomial test, each tail at ``(1 - level) / 2``)
-    mapped to ``Delta``. At ``pi = 1/2`` the two-sided binomial p-value is twice the smaller tail, so ``1/2`` lies
-    outside the Clopper-Pearson interval exactly when ``p < 1 - level``.
+    for the ``b`` images with ``d_i = +1`` among the ``m`` discordant ones. The difference is
+    ``Delta = q (2 pi - 1)`` with ``q = P(d_i != 0)`` and ``pi = P(d_i = +1 | d_i != 0)``; the interval holds
+    every ``Delta`` for which the exact binomial test of ``pi = (1 + Delta / q) / 2`` (each tail at
+    ``(1 - level) / 2``: the Clopper-Pearson interval of ``pi``) is not rejected for some ``q`` in the
+    Clopper-Pearson interval of ``m / n`` at level ``1 - (1 - level) / 5`` (the nuisance ``q``, Berger-Boos; coverage
+    at least ``level - (1 - level) / 5`` by Bonferroni). At ``Delta = 0``, ``pi = 1/2`` for every ``q``, and the
+    two-sided binomial p-value there is twice the smaller tail: 0 lies outside exactly when ``p < 1 - level``.
   * Otherwise the Monte Carlo sign-flip test of ``H0(theta): d_i - theta is symmetric about 0`` with one seeded
     draw of signs for every ``theta``; the interval is the set of shifts ``theta`` it does not reject, its ends
     found by bisection between a rejected and a not rejected shift (0 is one of the two whenever it lies between
-    the estimate and the end, which makes the agreement hold by construction).
+    the estimate and the end, which makes the agreement hold by construction). With many tied ``|d_i|`` the
+    p-value jumps at ``theta = 0`` (tied sign patterns stop being tied once shifted), so an end can sit at 0.
 
   The sign-flip test needs no normal approximation, is exact at the small n of these studies and respects the
   pairing. One-sided alternatives give one-sided intervals (the other end: the limit of the difference,
@@ -168,18 +171,23 @@ def paired_outcomes(a: "EvaluationResult", kind_a: str, b: "EvaluationResult", k
 
 
 def _mcnemar(differences: np.ndarray, level: float, alternative: str) -> Tuple[float, float, float]:
-    """``(p, low, high)``: the exact McNemar test of ``differences`` in {-1, 0, 1} and its inverted interval of the
-    mean difference (the Clopper-Pearson interval of ``pi = P(+1 | discordant)`` mapped to ``(m / n) (2 pi - 1)``)."""
+    """``(p, low, high)``: the exact McNemar test of ``differences`` in {-1, 0, 1} and the interval of the mean
+    difference that inverts it (module docstring): ``q (2 pi - 1)`` over the Clopper-Pearson intervals of ``pi``
+    (at ``level``; one-sided for a one-sided test) and of the discordant rate ``q`` (at ``1 - (1 - level) / 5``)."""
     wins, discordant, n = int((differences > 0).sum()), int((differences != 0).sum()), len(differences)
-    if discordant == 0:  # no discordant image: conditionally on that the difference is exactly 0
-        return 1.0, 0.0, 0.0
-    p_value = float(_scipy_stats.binomtest(wins, discordant, 0.5, alternative=alternative).pvalue)
-    tail = (1.0 - level) / (2 if alternative == "two-sided" else 1)
     beta = _scipy_stats.beta
-    low = float(beta.ppf(tail, wins, discordant - wins + 1)) if wins > 0 and alternative != "less" else 0.0
-    high = float(beta.ppf(1 - tail, wins + 1, discordant - wins)) if wins < discordant and alternative != "greater" else 1.0
-    scale = discordant / n
-    return p_value, scale * (2 * low - 1), scale * (2 * high - 1)
+    p_value = 1.0 if discordant == 0 else \
+        float(_scipy_stats.binomtest(wins, discordant, 0.5, alternative=alternative).pvalue)
+    tail = (1.0 - level) / (2 if alternative == "two-sided" else 1)
+    pi_low = float(beta.ppf(tail, wins, discordant - wins + 1)) if wins > 0 and alternative != "less" else 0.0
+    pi_high = float(beta.ppf(1 - tail, wins + 1, discordant - wins)) \
+        if wins < discordant and alternative != "greater" else 1.0
+    nuisance = (1.0 - level) / 10  # each tail of the interval of q
+    q_low = float(beta.ppf(nuisance, discordant, n - discordant + 1)) if discordant > 0 else 0.0
+    q_high = float(beta.ppf(1 - nuisance, discordant + 1, n - discordant)) if discordant < n else 1.0
+    low = min(q * (2 * pi_low - 1) for q in (q_low, q_high))
+    high = max(q * (2 * pi_high - 1) for q in (q_low, q_high))
+    return p_value, low, high
 
 
 class _SignFlip:
@@ -237,17 +245,19 @@ def _inverted_end(accepted: Callable[[float], bool], estimate: float, far: float
     return inside
 
 
-def _sign_flip(differences: np.ndarray, level: float, alternative: str, seed: int,
-               limits: Tuple[float, float]) -> Tuple[float, float, float]:
-    """``(p, low, high)``: the sign-flip test of ``differences`` and the set of shifts it does not reject."""
-    test = _SignFlip(differences, alternative, seed)
-    accepted = lambda theta: test.p_value(theta) >= 1.0 - level  # noqa: E731
+def _inverted_interval(test: "_SignFlip", differences: np.ndarray, p_at_zero: float, level: float,
+                       alternative: str, limits: Tuple[float, float]) -> Tuple[float, float]:
+    """The shifts the sign-flip ``test`` of ``differences`` does not reject at ``level``, with ``p_at_zero`` its
+    p-value at ``theta = 0`` (the reported one, computed once)."""
+    accepted = lambda theta: (p_at_zero if theta == 0 else test.p_value(theta)) >= 1.0 - level  # noqa: E731
     estimate = float(differences.mean())
     # beyond every d_i all shifted differences share one sign: only the all-equal sign draws are as extreme
     spread = float(differences.max() - differences.min()) + 1.0
-    low = limits[0] if alternative == "less" else _inverted_end(accepted, estimate, float(differences.min()) - spread, limits[0])
-    high = limits[1] if alternative == "greater" else _inverted_end(accepted, estimate, float(differences.max()) + spread, limits[1])
-    return test.p_value(), low, high
+    low = limits[0] if alternative == "less" else \
+        _inverted_end(accepted, estimate, float(differences.min()) - spread, limits[0])
+    high = limits[1] if alternative == "greater" else \
+        _inverted_end(accepted, estimate, float(differences.max()) + spread, limits[1])
+    return low, high
 
 
 def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alternative: str = "two-sided",
@@ -255,8 +265,8 @@ def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alterna
     """Paired test of ``mean_i (x_i - y_i)`` on the same images (``x[i]`` and ``y[i]`` belong to image ``i``).
 
     p-value: the sign-flip test of ``H0: x_i - y_i is symmetric about 0`` against ``alternative`` (``'greater'``:
-    ``x > y``), exact McNemar when every difference is in {-1, 0, 1}; interval: the inversion of the same test
-    (see the module docstring), two-sided for ``'two-sided'``, else one-sided with ``limits`` (the range the mean
+    ``x > y``), exact McNemar when every difference is in {-1, 0, 1}; interval: the shifts the same test does not
+    reject (see the module docstring), two-sided for ``'two-sided'``, else one-sided with ``limits`` (the range the mean
     difference can take, e.g. ``(-1, 1)`` for accuracies) as its other end. The interval excludes 0 exactly when
     ``p < 1 - level``. Pairs in which ``x_i`` or ``y_i`` is NaN (a value undefined for that image) are dropped;
     ``n`` of the result counts the pairs used. ``seed`` seeds the Monte Carlo test.
@@ -275,8 +285,9 @@ def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alterna
     if _is_binary(np.abs(differences)):
         (p_value, low, high), method = _mcnemar(differences, level, alternative), "exact McNemar"
     else:
-        (p_value, low, high), method = _sign_flip(differences, level, alternative, seed, limits), \
-            "sign-flip test (Monte Carlo)"
+        test = _SignFlip(differences, alternative, seed)
+        p_value, method = test.p_value(), "sign-flip test (Monte Carlo)"
+        low, high = _inverted_interval(test, differences, p_value, level, alternative, limits)
     return Comparison(float(differences.mean()), low, high, p_value, method, len(differences), alternative)
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from scipy import stats as scipy_stats
+from scipy import optimize as scipy_optimize, stats as scipy_stats
 
 from snn_adv.evaluation import EvaluationResult
 from snn_adv.stats import RESAMPLES, accuracy_interval, compare, compare_to_bound, holm, mean_interval, paired_difference
@@ -211,27 +211,53 @@ def test_few_discordant_images_the_inverted_interval_agrees_where_the_percentile
     b = np.ones(300)
     comparison = paired_difference(a, b)
     assert comparison.p_value == pytest.approx(0.0625) and not comparison.significant(0.95)
-    assert not excludes_zero(comparison)  # the interval ends at -5/300 (pi = 0) and just above 0
-    assert comparison.low == pytest.approx(-5 / 300)
+    assert not excludes_zero(comparison) and comparison.low < -5 / 300  # the difference may be larger than observed
     low, high = hand_bootstrap_interval(a - b)  # the percentile bootstrap that was here excluded 0
     assert high < 0
 
 
+def exact_inverted_interval(d, level=0.95, grid=4001):
+    """The shifts theta the exact sign-flip test (all 2^n sign patterns of |d - theta|, two-sided) does not reject,
+    at the levels level -+ 0.01 (the Monte Carlo p-value is within about 0.002 of the exact one), on a grid."""
+    patterns = np.array(list(itertools.product([-1, 1], repeat=len(d))))
+    thetas = np.linspace(d.min() - 0.3, d.max() + 0.3, grid)
+    exact = np.array([np.mean(np.abs(patterns @ np.abs(d - t)) >= abs((d - t).sum()) - 1e-12) for t in thetas])
+    return [(thetas[exact >= alpha].min(), thetas[exact >= alpha].max()) for alpha in (1 - level - 0.01, 1 - level + 0.01)]
+
+
+def test_interval_ends_are_where_the_exact_shifted_sign_flip_test_starts_rejecting():
+    x, y = np.array([3, 3, 2, 3, 1, 3, 2, 0, 3, 2, 3, 1]) / 3, np.array([1, 0, 2, 1, 0, 3, 0, 1, 2, 0, 1, 0]) / 3
+    comparison = paired_difference(x, y)
+    assert comparison.method.startswith("sign-flip")
+    (wide_low, wide_high), (narrow_low, narrow_high) = exact_inverted_interval(x - y)
+    step = ((x - y).max() - (x - y).min() + 0.6) / 4000 + 1e-9  # the grid's spacing
+    assert wide_low - step <= comparison.low <= narrow_low + step
+    assert narrow_high - step <= comparison.high <= wide_high + step
+
+
 def test_mcnemar_interval_ends_solve_the_binomial_tail_equations():
-    # 9 images only right under a, 2 only under b, 19 concordant: the ends map pi_low, pi_high with
-    # P(K >= 9 | 11, pi_low) = 0.025 and P(K <= 9 | 11, pi_high) = 0.025 (binomial sums by hand) to (11/30)(2 pi - 1)
+    # 9 images only right under a, 2 only under b, 19 concordant (n = 30): the ends are q (2 pi - 1) at the
+    # Clopper-Pearson ends of pi (P(K >= 9 | 11, pi_low) = 0.025, P(K <= 9 | 11, pi_high) = 0.025) and of the
+    # discordant rate q = 11/30 at 99 % (P(M >= 11 | 30, q_low) = 0.005, P(M <= 11 | 30, q_high) = 0.005), the
+    # q that makes each end widest: p = 0.065 is not significant, so pi_low < 1/2 and the low end takes q_high;
+    # one-sided (p = 0.033) pi_low > 1/2 and it takes q_low (binomial sums by hand)
     a = np.array([1] * 10 + [1] * 9 + [0] * 2 + [0] * 9, dtype=float)
     b = np.array([1] * 10 + [0] * 9 + [1] * 2 + [0] * 9, dtype=float)
     comparison = paired_difference(a, b)
-    tail_up = lambda pi: sum(math.comb(11, i) * pi ** i * (1 - pi) ** (11 - i) for i in range(9, 12))  # noqa: E731
-    tail_down = lambda pi: sum(math.comb(11, i) * pi ** i * (1 - pi) ** (11 - i) for i in range(0, 10))  # noqa: E731
-    pi_low, pi_high = (30 / 11 * comparison.low + 1) / 2, (30 / 11 * comparison.high + 1) / 2
-    assert tail_up(pi_low) == pytest.approx(0.025, abs=1e-9) and tail_down(pi_high) == pytest.approx(0.025, abs=1e-9)
+    at_least = lambda k, n, p: sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))  # noqa: E731
+    solve = lambda f, target: scipy_optimize.brentq(lambda p: f(p) - target, 1e-12, 1 - 1e-12)  # noqa: E731
+    pi_low, pi_high = solve(lambda p: at_least(9, 11, p), 0.025), solve(lambda p: 1 - at_least(10, 11, p), 0.025)
+    q_low, q_high = solve(lambda p: at_least(11, 30, p), 0.005), solve(lambda p: 1 - at_least(12, 30, p), 0.005)
+    assert comparison.p_value == pytest.approx(2 * (1 - at_least(3, 11, 0.5)))  # twice the smaller tail
+    assert pi_low < 0.5 < pi_high and comparison.low == pytest.approx(q_high * (2 * pi_low - 1), abs=1e-9)
+    assert comparison.high == pytest.approx(q_high * (2 * pi_high - 1), abs=1e-9)
     greater = paired_difference(a, b, alternative="greater")  # one-sided: the whole 5 % in the lower tail
-    assert tail_up((30 / 11 * greater.low + 1) / 2) == pytest.approx(0.05, abs=1e-9) and greater.high == 11 / 30
-    # no discordant image: the difference is exactly 0 given that, p = 1
+    assert greater.low == pytest.approx(q_low * (2 * solve(lambda p: at_least(9, 11, p), 0.05) - 1), abs=1e-9)
+    assert greater.high == pytest.approx(q_high, abs=1e-9)  # pi <= 1
+    # no discordant image: p = 1, and the difference within -+ the 99 % bound of the discordant rate
     same = paired_difference(a, a)
-    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert same.p_value == 1.0 and same.difference == 0.0
+    assert same.high == -same.low == pytest.approx(1 - 0.005 ** (1 / 30))
 
 
 def test_bound_interval_inverts_the_bound_test():
