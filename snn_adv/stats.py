@@ -28,8 +28,8 @@ per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
     p-value jumps at ``theta = 0`` (tied sign patterns stop being tied once shifted), so an end can sit at 0.
 
   The sign-flip test needs no normal approximation, is exact at the small n of these studies and respects the
-  pairing. One-sided alternatives give one-sided intervals (the other end: the limit of the difference,
-  ``limits``). :func:`compare` applies it to two accuracies of evaluation results.
+  pairing. One-sided alternatives give one-sided intervals (the other end: the limit of the difference).
+  :func:`compare` applies it to two accuracies of evaluation results.
 - :func:`compare_to_bound`: one-sided test of ``H0: accuracy <= bound`` (exact binomial for binary ``m_i``, else a
   bootstrap p-value) with the one-sided interval that inverts it, for "large eps reaches about 0".
 - :func:`holm`: Holm's step-down adjustment of the p-values of a family of comparisons (a verdict drawn from a
@@ -265,10 +265,11 @@ def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alterna
     """Paired test of ``mean_i (x_i - y_i)`` on the same images (``x[i]`` and ``y[i]`` belong to image ``i``).
 
     p-value: the sign-flip test of ``H0: x_i - y_i is symmetric about 0`` against ``alternative`` (``'greater'``:
-    ``x > y``), exact McNemar when every difference is in {-1, 0, 1}; interval: the shifts the same test does not
-    reject (see the module docstring), two-sided for ``'two-sided'``, else one-sided with ``limits`` (the range the mean
-    difference can take, e.g. ``(-1, 1)`` for accuracies) as its other end. The interval excludes 0 exactly when
-    ``p < 1 - level``. Pairs in which ``x_i`` or ``y_i`` is NaN (a value undefined for that image) are dropped;
+    ``x > y``), exact McNemar when every difference is in {-1, 0, 1}; interval: the differences the same test does
+    not reject (see the module docstring), two-sided for ``'two-sided'``, else one-sided, its other end ``limits``
+    (the range the mean difference can take, e.g. ``(-1, 1)`` for accuracies; for binary outcomes the bound of the
+    discordant rate). The interval excludes 0 exactly when ``p < 1 - level``. Pairs in which ``x_i`` or ``y_i`` is
+    NaN (a value undefined for that image) are dropped;
     ``n`` of the result counts the pairs used. ``seed`` seeds the Monte Carlo test.
 
     :raises ValueError: when ``x`` and ``y`` differ in shape, no pair is left, or a value is infinite.

@@ -32,8 +32,8 @@ from ..stats import mean_interval, paired_difference
 from ..zoo import LABELS
 from .common import LEVEL, StudyContext, family_verdicts, trained_per_point
 
-__all__ = ["GROWTH_COLUMNS", "GROWTH_FAMILIES", "TABLE_COLUMNS", "growth_rows", "layer_activations", "per_image_changes",
-           "relative_change", "relative_change_per_image", "run"]
+__all__ = ["GROWTH_COLUMNS", "GROWTH_FAMILIES", "TABLE_COLUMNS", "growth_rows", "layer_activations",
+           "per_image_changes", "relative_change", "relative_change_per_image", "run"]
 
 TABLE_COLUMNS = ["model", "perturbation", "quantity", "layer", "relative_change", "relative_change_low",
                  "relative_change_high", "n_images", "input_relative_change", "cell"]

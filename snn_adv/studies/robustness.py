@@ -28,8 +28,8 @@ from ..zoo import KINDS, LABELS
 from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, family_verdicts, interval_columns,
                      record_checks, record_comparisons, results_of)
 
-__all__ = ["CLEAN_FAMILY", "ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "comparison_family", "condition_of",
-           "evaluate_models", "is_derived", "on_common_images", "run", "summarise", "table_study"]
+__all__ = ["CLEAN_FAMILY", "ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "comparison_family",
+           "condition_of", "evaluate_models", "is_derived", "on_common_images", "run", "summarise", "table_study"]
 
 
 def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:
