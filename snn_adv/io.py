@@ -3,10 +3,15 @@
 Every checkpoint and result goes through :func:`atomic_write`: write a temporary file in the same directory,
 flush and fsync it, then ``os.replace`` it over the target (atomic on POSIX) and fsync the directory. A process
 killed at any moment leaves either the old complete file or the new complete file, never half of one.
+
+:func:`provenance` ties a result to its code twice: the git commit (``-dirty`` when tracked files differ from it)
+and :func:`source_digest`, a hash of the package's own source files, which still names the code where the git
+metadata does not (a copied tree, a commit with uncommitted edits).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -14,11 +19,12 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "provenance"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "provenance",
+           "source_digest"]
 
 PathLike = Union[str, os.PathLike]
 _UMASK = os.umask(0)
@@ -86,8 +92,28 @@ def _git_commit() -> str:
         return "unknown"
 
 
+#: the files of the package that :func:`source_digest` hashes (relative to the package folder)
+SOURCE_PATTERNS = ("**/*.py", "configs/*.json")
+
+
+def source_digest(package: Optional[PathLike] = None) -> str:
+    """``sha256:<hex>`` of the package's source: every file matching :data:`SOURCE_PATTERNS` under ``package``
+    (default: this package's folder), in sorted order of its relative POSIX path, each hashed as
+    ``path NUL length NUL bytes`` (so neither a renamed nor a moved byte goes unnoticed)."""
+    root = Path(package) if package is not None else Path(__file__).resolve().parent
+    files = sorted({p for pattern in SOURCE_PATTERNS for p in root.glob(pattern)
+                    if p.is_file()}, key=lambda p: p.relative_to(root).as_posix())
+    digest = hashlib.sha256()
+    for path in files:
+        data = path.read_bytes()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def provenance(**extra: Any) -> Dict[str, Any]:
-    """Where a result came from: git commit, package versions, hardware, plus ``extra`` (seed, config...)."""
+    """Where a result came from: git commit, :func:`source_digest`, package versions, hardware, plus ``extra``
+    (seed, config...)."""
     from importlib import metadata
 
     import numpy
@@ -103,6 +129,7 @@ def provenance(**extra: Any) -> Dict[str, Any]:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {
         "git_commit": _git_commit(),
+        "source_digest": source_digest(),
         "snn_adv": __version__,
         "torch": torch.__version__,
         "torchvision": version("torchvision"),

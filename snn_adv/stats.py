@@ -9,18 +9,37 @@ per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
 - :func:`accuracy_interval`: exact Clopper-Pearson interval when every ``m_i`` is 0 or 1 (one seed, or seeds that
   agree on every image: the data are then n Bernoulli trials), else :func:`mean_interval`.
 - :func:`paired_difference`: paired comparison of two per-image values on the same images, ``d_i = x_i - y_i``.
-  The interval of ``mean_i d_i`` is the paired percentile bootstrap over images. The p-value is the sign-flip
-  (randomisation) test of ``H0: d_i is symmetric about 0``: exact McNemar when every ``d_i`` is in {-1, 0, 1} (then
-  flipping signs is the binomial test on the discordant images), Monte Carlo with a seeded generator otherwise.
+  The p-value is the sign-flip (randomisation) test of ``H0: d_i is symmetric about 0``, and the interval of
+  ``mean_i d_i`` is the inversion of that same test, so the two cannot disagree: the interval excludes 0 exactly
+  when ``p < 1 - level``.
+
+  * Every ``d_i`` in {-1, 0, 1} (binary outcomes): flipping signs is the exact McNemar test, ``b ~ Binomial(m, 1/2)``
+    for the ``b`` images with ``d_i = +1`` among the ``m`` discordant ones. The difference is
+    ``Delta = q (2 pi - 1)`` with ``q = P(d_i != 0)`` and ``pi = P(d_i = +1 | d_i != 0)``; the interval holds
+    every ``Delta`` for which the exact binomial test of ``pi = (1 + Delta / q) / 2`` (each tail at
+    ``(1 - level) / 2``: the Clopper-Pearson interval of ``pi``) is not rejected for some ``q`` in the
+    Clopper-Pearson interval of ``m / n`` at level ``1 - (1 - level) / 5`` (the nuisance ``q``, Berger-Boos; coverage
+    at least ``level - (1 - level) / 5`` by Bonferroni). At ``Delta = 0``, ``pi = 1/2`` for every ``q``, and the
+    two-sided binomial p-value there is twice the smaller tail: 0 lies outside exactly when ``p < 1 - level``.
+  * Otherwise the Monte Carlo sign-flip test of ``H0(theta): d_i - theta is symmetric about 0`` with one seeded
+    draw of signs for every ``theta``; the interval is the set of shifts ``theta`` it does not reject, its ends
+    found by bisection between a rejected and a not rejected shift (0 is one of the two whenever it lies between
+    the estimate and the end, which makes the agreement hold by construction). With many tied ``|d_i|`` the
+    p-value jumps at ``theta = 0`` (tied sign patterns stop being tied once shifted), so an end can sit at 0.
+
   The sign-flip test needs no normal approximation, is exact at the small n of these studies and respects the
-  pairing. :func:`compare` applies it to two accuracies of evaluation results.
+  pairing. One-sided alternatives give one-sided intervals (the other end: the limit of the difference).
+  :func:`compare` applies it to two accuracies of evaluation results.
 - :func:`compare_to_bound`: one-sided test of ``H0: accuracy <= bound`` (exact binomial for binary ``m_i``, else a
-  bootstrap p-value), for "large eps reaches about 0".
+  bootstrap p-value) with the one-sided interval that inverts it, for "large eps reaches about 0".
+- :func:`holm`: Holm's step-down adjustment of the p-values of a family of comparisons (a verdict drawn from a
+  family uses the adjusted ones).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Tuple
+import math
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -28,12 +47,16 @@ from scipy import stats as _scipy_stats
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import EvaluationResult
 
-__all__ = ["Comparison", "accuracy_interval", "compare", "compare_to_bound", "mean_interval", "paired_difference",
-           "paired_outcomes"]
+__all__ = ["Comparison", "accuracy_interval", "compare", "compare_to_bound", "holm", "mean_interval",
+           "paired_difference", "paired_outcomes"]
 
 #: bootstrap / Monte Carlo resamples: the Monte Carlo error of a 95 % bound is about 0.002 at n = 100 images.
 RESAMPLES = 10_000
 ALTERNATIVES = ("two-sided", "greater", "less")
+#: the bisection of an inverted interval stops when its bracket is this narrow (relative to the data's spread)
+BISECTION_TOLERANCE = 1e-10
+#: two statistics closer than this count as equal (a null draw as extreme as the observed one)
+TIE = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,38 +170,107 @@ def paired_outcomes(a: "EvaluationResult", kind_a: str, b: "EvaluationResult", k
     return a.per_image(kind_a), b.per_image(kind_b)
 
 
-def _sign_flip_p_value(differences: np.ndarray, alternative: str, seed: int) -> Tuple[float, str]:
-    """p-value of ``H0: the d_i are symmetric about 0`` against ``alternative`` for the mean of ``differences``."""
-    nonzero = differences[differences != 0]
-    if len(nonzero) == 0:
-        return 1.0, "exact McNemar" if _is_binary(np.abs(differences)) else "sign-flip test"
-    if _is_binary(np.abs(nonzero)):  # d_i in {-1, +1}: the sign-flip distribution is Binomial(n_discordant, 1/2)
-        wins = int((nonzero > 0).sum())
-        return float(_scipy_stats.binomtest(wins, len(nonzero), 0.5, alternative=alternative).pvalue), "exact McNemar"
-    rng = np.random.default_rng(seed)
-    observed = nonzero.mean()
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(RESAMPLES, len(nonzero)))
-    null = (signs * np.abs(nonzero)).mean(1)
-    tol = 1e-12
-    if alternative == "greater":
-        extreme = null >= observed - tol
-    elif alternative == "less":
-        extreme = null <= observed + tol
-    else:
-        extreme = np.abs(null) >= abs(observed) - tol
-    # (count + 1) / (resamples + 1): a valid Monte Carlo p-value, never 0
-    return float((extreme.sum() + 1) / (RESAMPLES + 1)), "sign-flip test (Monte Carlo)"
+def _mcnemar(differences: np.ndarray, level: float, alternative: str) -> Tuple[float, float, float]:
+    """``(p, low, high)``: the exact McNemar test of ``differences`` in {-1, 0, 1} and the interval of the mean
+    difference that inverts it (module docstring): ``q (2 pi - 1)`` over the Clopper-Pearson intervals of ``pi``
+    (at ``level``; one-sided for a one-sided test) and of the discordant rate ``q`` (at ``1 - (1 - level) / 5``)."""
+    wins, discordant, n = int((differences > 0).sum()), int((differences != 0).sum()), len(differences)
+    beta = _scipy_stats.beta
+    p_value = 1.0 if discordant == 0 else \
+        float(_scipy_stats.binomtest(wins, discordant, 0.5, alternative=alternative).pvalue)
+    tail = (1.0 - level) / (2 if alternative == "two-sided" else 1)
+    pi_low = float(beta.ppf(tail, wins, discordant - wins + 1)) if wins > 0 and alternative != "less" else 0.0
+    pi_high = float(beta.ppf(1 - tail, wins + 1, discordant - wins)) \
+        if wins < discordant and alternative != "greater" else 1.0
+    nuisance = (1.0 - level) / 10  # each tail of the interval of q
+    q_low = float(beta.ppf(nuisance, discordant, n - discordant + 1)) if discordant > 0 else 0.0
+    q_high = float(beta.ppf(1 - nuisance, discordant + 1, n - discordant)) if discordant < n else 1.0
+    low = min(q * (2 * pi_low - 1) for q in (q_low, q_high))
+    high = max(q * (2 * pi_high - 1) for q in (q_low, q_high))
+    return p_value, low, high
+
+
+class _SignFlip:
+    """The Monte Carlo sign-flip test of ``H0(theta): d_i - theta symmetric about 0`` for every shift ``theta``,
+    all with the same ``RESAMPLES`` draws of signs (seeded by ``seed``).
+
+    Statistic: ``sum_i (d_i - theta) / k`` against its sign-flip null ``sum_i s_i |d_i - theta| / k``, with ``k``
+    the number of nonzero ``d_i`` (a constant scale; with the nonzero ``d_i`` first, their signs drawn first, the
+    test at ``theta = 0`` is the earlier test on the nonzero differences alone, draw for draw). The p-value
+    ``(count + 1) / (RESAMPLES + 1)`` is a valid Monte Carlo p-value, never 0.
+    """
+
+    def __init__(self, differences: np.ndarray, alternative: str, seed: int):
+        nonzero = differences != 0
+        self.values = np.concatenate([differences[nonzero], differences[~nonzero]])
+        self.scale = max(int(nonzero.sum()), 1)
+        self.alternative = alternative
+        rng = np.random.default_rng(seed)
+        signs = np.array([-1.0, 1.0])
+        self.signs = np.hstack([rng.choice(signs, size=(RESAMPLES, int(nonzero.sum()))),
+                                rng.choice(signs, size=(RESAMPLES, int((~nonzero).sum())))])
+
+    def p_value(self, theta: float = 0.0) -> float:
+        shifted = self.values - theta
+        observed = shifted.sum() / self.scale
+        null = self.signs @ np.abs(shifted) / self.scale
+        if self.alternative == "greater":
+            extreme = null >= observed - TIE
+        elif self.alternative == "less":
+            extreme = null <= observed + TIE
+        else:
+            extreme = np.abs(null) >= abs(observed) - TIE
+        return float((extreme.sum() + 1) / (RESAMPLES + 1))
+
+
+def _inverted_end(accepted: Callable[[float], bool], estimate: float, far: float, limit: float) -> float:
+    """One end of ``{theta: accepted(theta)}`` on the side of ``far`` from ``estimate`` (accepted): ``limit`` when
+    ``far`` is accepted too, else the accepted end of a bisection bracket (accepted, rejected). 0, when it lies
+    between ``estimate`` and ``far``, is tried first, so the end is beyond 0 exactly when 0 is rejected."""
+    if accepted(far):
+        return limit
+    inside, outside = estimate, far
+    if min(estimate, far) < 0.0 < max(estimate, far):
+        if accepted(0.0):
+            inside = 0.0
+        else:
+            outside = 0.0
+    tolerance = BISECTION_TOLERANCE * max(1.0, abs(far - estimate))
+    while abs(outside - inside) > tolerance:
+        middle = (inside + outside) / 2
+        if accepted(middle):
+            inside = middle
+        else:
+            outside = middle
+    return inside
+
+
+def _inverted_interval(test: "_SignFlip", differences: np.ndarray, p_at_zero: float, level: float,
+                       alternative: str, limits: Tuple[float, float]) -> Tuple[float, float]:
+    """The shifts the sign-flip ``test`` of ``differences`` does not reject at ``level``, with ``p_at_zero`` its
+    p-value at ``theta = 0`` (the reported one, computed once)."""
+    accepted = lambda theta: (p_at_zero if theta == 0 else test.p_value(theta)) >= 1.0 - level  # noqa: E731
+    estimate = float(differences.mean())
+    # beyond every d_i all shifted differences share one sign: only the all-equal sign draws are as extreme
+    spread = float(differences.max() - differences.min()) + 1.0
+    low = limits[0] if alternative == "less" else \
+        _inverted_end(accepted, estimate, float(differences.min()) - spread, limits[0])
+    high = limits[1] if alternative == "greater" else \
+        _inverted_end(accepted, estimate, float(differences.max()) + spread, limits[1])
+    return low, high
 
 
 def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alternative: str = "two-sided",
-                      seed: int = 0) -> Comparison:
+                      seed: int = 0, limits: Tuple[float, float] = (-math.inf, math.inf)) -> Comparison:
     """Paired test of ``mean_i (x_i - y_i)`` on the same images (``x[i]`` and ``y[i]`` belong to image ``i``).
 
-    Interval: the paired percentile bootstrap over images; p-value: the sign-flip test of ``H0: x_i - y_i is
-    symmetric about 0`` against ``alternative`` (``'greater'``: ``x > y``), exact McNemar when every difference is
-    in {-1, 0, 1} (see the module docstring). Pairs in which ``x_i`` or ``y_i`` is NaN (a value undefined for that
-    image) are dropped; ``n`` of the result counts the pairs used. ``seed`` seeds the bootstrap and the Monte Carlo
-    test.
+    p-value: the sign-flip test of ``H0: x_i - y_i is symmetric about 0`` against ``alternative`` (``'greater'``:
+    ``x > y``), exact McNemar when every difference is in {-1, 0, 1}; interval: the differences the same test does
+    not reject (see the module docstring), two-sided for ``'two-sided'``, else one-sided, its other end ``limits``
+    (the range the mean difference can take, e.g. ``(-1, 1)`` for accuracies; for binary outcomes the bound of the
+    discordant rate). The interval excludes 0 exactly when ``p < 1 - level``. Pairs in which ``x_i`` or ``y_i`` is
+    NaN (a value undefined for that image) are dropped;
+    ``n`` of the result counts the pairs used. ``seed`` seeds the Monte Carlo test.
 
     :raises ValueError: when ``x`` and ``y`` differ in shape, no pair is left, or a value is infinite.
     """
@@ -191,8 +283,12 @@ def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alterna
     differences = differences[~np.isnan(differences)]
     if len(differences) == 0:
         raise ValueError("arguments 'x' and 'y': no pair without NaN; a paired test needs at least one")
-    low, high = _percentile_interval(_bootstrap_means(differences, seed), level)
-    p_value, method = _sign_flip_p_value(differences, alternative, seed)
+    if _is_binary(np.abs(differences)):
+        (p_value, low, high), method = _mcnemar(differences, level, alternative), "exact McNemar"
+    else:
+        test = _SignFlip(differences, alternative, seed)
+        p_value, method = test.p_value(), "sign-flip test (Monte Carlo)"
+        low, high = _inverted_interval(test, differences, p_value, level, alternative, limits)
     return Comparison(float(differences.mean()), low, high, p_value, method, len(differences), alternative)
 
 
@@ -209,29 +305,55 @@ def compare(
     of their per-image accuracies (:func:`paired_outcomes`).
 
     E.g. whitebox vs blackbox: ``compare(whitebox, blackbox)``; clean vs adversarial of one result:
-    ``compare(r, r, 'clean', 'adversarial')``. ``seed`` seeds the bootstrap and the Monte Carlo test.
+    ``compare(r, r, 'clean', 'adversarial')``. ``seed`` seeds the Monte Carlo test; a one-sided interval ends at
+    -1 or 1 (a difference of accuracies).
     """
     level, alternative = _check_level(level), _check_alternative(alternative)
-    return paired_difference(*paired_outcomes(a, kind_a, b, kind_b), level, alternative, seed)
+    return paired_difference(*paired_outcomes(a, kind_a, b, kind_b), level, alternative, seed, limits=(-1.0, 1.0))
 
 
 def compare_to_bound(result: "EvaluationResult", kind: str, bound: float, level: float = 0.95, seed: int = 0) -> Comparison:
-    """One-sided test of ``H0: accuracy <= bound`` against ``accuracy > bound``; ``difference = accuracy - bound``.
+    """One-sided test of ``H0: accuracy <= bound`` against ``accuracy > bound``; ``difference = accuracy - bound``,
+    with the one-sided interval ``[low, 1 - bound]`` that inverts the test (``low > 0`` exactly when ``p < 1 - level``).
 
-    Exact binomial test when the per-image outcomes are binary; else the bootstrap p-value (fraction of bootstrap
-    means at or below ``bound``, shifted to the null).
+    Binary per-image outcomes: the exact binomial test, and ``low`` from the one-sided Clopper-Pearson bound
+    (``P(K >= k | p_low) = 1 - level``). Else the bootstrap test: ``p = (#{bootstrap means >= 2 mean - bound} + 1) /
+    (RESAMPLES + 1)`` (the means shifted to the null), not rejected exactly for the bounds
+    ``b >= 2 mean - M_(j)`` with ``M_(j)`` the ``j``-th largest bootstrap mean, ``j = ceil((1 - level)(RESAMPLES + 1))
+    - 1``: that is ``low + bound``.
     """
     level = _check_level(level)
     if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 <= bound < 1.0:
         raise ValueError(f"argument 'bound' = {bound!r}: must lie in [0, 1)")
     per_image = result.per_image(kind)
-    mean = float(per_image.mean())
-    low, high = accuracy_interval(per_image, level, seed)
+    mean, n = float(per_image.mean()), len(per_image)
     if _is_binary(per_image):
-        p_value = _scipy_stats.binomtest(int(per_image.sum()), len(per_image), bound, alternative="greater").pvalue
+        k = int(per_image.sum())
+        p_value = _scipy_stats.binomtest(k, n, bound, alternative="greater").pvalue
+        low = float(_scipy_stats.beta.ppf(1 - level, k, n - k + 1)) if k > 0 else 0.0
         method = "exact binomial"
     else:
         means = _bootstrap_means(per_image, seed)
         p_value = (np.sum(means - mean + bound >= mean) + 1) / (RESAMPLES + 1)
+        j = math.ceil((1 - level) * (RESAMPLES + 1)) - 1  # the p-value needs j bootstrap means at or above 2 mean - b
+        low = 2 * mean - float(np.sort(means)[::-1][j - 1]) if j > 0 else -math.inf
         method = "bootstrap"
-    return Comparison(mean - bound, low - bound, high - bound, float(p_value), method, len(per_image), "greater")
+    return Comparison(mean - bound, low - bound, 1.0 - bound, float(p_value), method, n, "greater")
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a family of ``m`` tests, in the order given.
+
+    With ``p_(1) <= ... <= p_(m)`` sorted, ``adjusted_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``: rejecting
+    where ``adjusted < alpha`` controls the family-wise error rate at ``alpha`` under any dependence between the
+    tests. Ties keep their order (both get the same value).
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"argument 'p_values': must be a 1-D sequence of numbers in [0, 1], got {p_values!r}")
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order])) if m else p
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted

@@ -185,7 +185,7 @@ def test_a_comparison_row_shows_a_zero_difference_of_thirds_as_zero():
     x, y = np.array([2, 1, 3, 0, 2, 1]) / 3, np.array([1, 2, 2, 1, 1, 2]) / 3  # differences cancel exactly
     comparison = paired_difference(x, y)
     assert comparison.difference != 0  # float rounding of thirds
-    row = comparison_row("what", "a", "b", comparison)
+    row = comparison_row("what", "a", "b", comparison, "family")
     assert row["difference"] == 0 and row["difference_high"] == pytest.approx(100 * comparison.high)
 
 
@@ -294,7 +294,11 @@ def test_layerwise_growth_is_the_paired_difference_of_the_cells_per_image_values
         assert row["n_images"] == len(differences) > 0
         assert row["difference"] == pytest.approx(sum(differences) / len(differences), rel=1e-9, abs=1e-15)
         assert row["difference_low"] <= row["difference"] <= row["difference_high"]
-        expected = "inconclusive" if row["p_value"] >= 0.05 else grows if row["difference"] > 0 else shrinks
+        # the verdict follows the Holm-adjusted p-value within the row's family (by hand: m - rank + 1 times p)
+        family = sorted(r["p_value"] for r in growth if r["family"] == row["family"] and r["p_value"] is not None)
+        steps = [min(1.0, (len(family) - i) * p) for i, p in enumerate(family)]
+        assert row["p_holm"] == pytest.approx(max(steps[:family.index(row["p_value"]) + 1]))
+        expected = "inconclusive" if row["p_holm"] >= 0.05 else grows if row["difference"] > 0 else shrinks
         assert row["verdict"] == expected
 
     for key, row in within.items():  # last hidden layer minus the first, over the images where both are defined

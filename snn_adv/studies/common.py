@@ -21,14 +21,14 @@ from ..data.fingerprint import dataset_fingerprint
 from ..distributed import dist_info, sharded_evaluate
 from ..evaluation import Check, CleanMemo, EvaluationResult, warn_failures
 from ..io import PathLike, atomic_write, atomic_write_json, provenance
-from ..stats import Comparison
+from ..stats import Comparison, holm
 from ..zoo import KINDS, LABELS, ModelZoo
 
 #: the level of every interval and paired test the studies report
 LEVEL = 0.95
 
-__all__ = ["StudyContext", "check_evaluation_data", "evaluate_condition", "interval_columns", "public_config", "record_comparisons",
-           "record_checks", "results_of", "verdict"]
+__all__ = ["StudyContext", "check_evaluation_data", "evaluate_condition", "family_verdicts", "interval_columns",
+           "public_config", "record_comparisons", "record_checks", "results_of"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,35 +207,53 @@ def interval_columns(result: EvaluationResult, kind: str, column: str, level: fl
     return {column: 100 * result.accuracy(kind), f"{column}_low": 100 * low, f"{column}_high": 100 * high}
 
 
-def verdict(comparison: Comparison, positive: str, negative: str, level: float = LEVEL) -> str:
-    """``positive`` or ``negative`` when the paired test rejects a zero difference at ``level`` (by the sign of the
-    difference), else ``"inconclusive"``."""
-    if not comparison.significant(level):
-        return "inconclusive"
-    return positive if comparison.difference > 0 else negative
-
-
-def comparison_row(what: str, a: str, b: str, comparison: Comparison, level: float = LEVEL) -> Dict[str, Any]:
-    """One row of ``comparisons.*``: the paired difference ``a - b`` in points with its interval, the p-value and
-    the verdict (which is higher, or inconclusive when the test does not reject equality at ``level``)."""
+def comparison_row(what: str, a: str, b: str, comparison: Comparison, family: str) -> Dict[str, Any]:
+    """One row of ``comparisons.*``: the paired difference ``a - b`` in points with its interval (the inversion of
+    the test), the p-value and method, and the verdict ``family`` the comparison belongs to (the comparisons one
+    claim is drawn from; :func:`family_verdicts` adds the Holm-adjusted p-value and the verdict)."""
     points = lambda value: round(100 * value, 9)  # noqa: E731 (a zero difference of thirds shows as 0, not 7e-17)
     return {"comparison": what, "a": a, "b": b, "difference": points(comparison.difference),
             "difference_low": points(comparison.low), "difference_high": points(comparison.high),
-            "p_value": comparison.p_value, "method": comparison.method, "n_images": comparison.n,
-            "verdict": verdict(comparison, f"{a} higher", f"{b} higher", level)}
+            "p_value": comparison.p_value, "family": family, "method": comparison.method, "n_images": comparison.n}
 
 
-COMPARISON_COLUMNS = ["comparison", "a", "b", "difference", "difference_low", "difference_high", "p_value", "verdict",
-                      "method", "n_images"]
+def family_verdicts(rows: Sequence[Mapping[str, Any]], words: Optional[Sequence[Tuple[str, str]]] = None,
+                    level: float = LEVEL) -> List[Dict[str, Any]]:
+    """``rows`` (each with ``difference``, ``p_value`` and ``family``) with ``p_holm``, the Holm-adjusted p-value
+    within the row's family (:func:`snn_adv.stats.holm` over the rows of that family that have a p-value), and
+    ``verdict``: ``words[i]`` ``(positive, negative)`` by the sign of the difference where ``p_holm < 1 - level``,
+    else ``inconclusive`` (default words: ``"<a> higher"``, ``"<b> higher"``). A row without a p-value (nothing to
+    test) keeps its verdict."""
+    words = [(f"{r['a']} higher", f"{r['b']} higher") for r in rows] if words is None else words
+    adjusted: Dict[int, float] = {}
+    for family in dict.fromkeys(r["family"] for r in rows):
+        members = [i for i, r in enumerate(rows) if r["family"] == family and r["p_value"] is not None]
+        adjusted.update(zip(members, holm([rows[i]["p_value"] for i in members]).tolist()))
+    out = []
+    for i, row in enumerate(rows):
+        if i not in adjusted:
+            out.append({**row, "p_holm": None})
+            continue
+        positive, negative = words[i]
+        significant = adjusted[i] < 1.0 - level
+        out.append({**row, "p_holm": adjusted[i], "verdict": "inconclusive" if not significant
+                    else positive if row["difference"] > 0 else negative})
+    return out
+
+
+COMPARISON_COLUMNS = ["comparison", "a", "b", "difference", "difference_low", "difference_high", "p_value", "p_holm",
+                      "verdict", "family", "method", "n_images"]
 
 
 def record_comparisons(ctx: StudyContext, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write the study's paired comparisons to ``comparisons.md/.csv/.json``; return them as a markdown section."""
+    """Write the study's paired comparisons (:func:`comparison_row` with :func:`family_verdicts`) to
+    ``comparisons.md/.csv/.json``; return them as a markdown section."""
     if not rows:
         return ""
     markdown = ctx.write(rows, COMPARISON_COLUMNS, stem="comparisons")
-    return (f"\nPaired comparisons on the same images (difference a - b in accuracy points, {LEVEL:.0%} interval; "
-            f"verdict at p < {1 - LEVEL:.2f}):\n\n" + markdown)
+    return (f"\nPaired comparisons on the same images (difference a - b in accuracy points, {LEVEL:.0%} interval: "
+            f"the values the paired test does not reject; verdict at Holm-adjusted p < {1 - LEVEL:.2f} within the "
+            "family):\n\n" + markdown)
 
 
 def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
@@ -268,9 +286,10 @@ def trained_per_point(section: Mapping[str, Any], kind: str, **recipe: Any) -> D
     return dict(recipe) if retrain and kind == "snn_bp" else {}
 
 
-#: an axis of a sweep along which points are compared: settings -> (group, point label); the points of one group
-#: differ only along the axis, and each is compared with the group's first point (in grid order)
-Axis = Callable[[Mapping[str, Any]], Tuple[Hashable, str]]
+#: an axis of a sweep along which points are compared: settings -> (group, point label, verdict family); the points
+#: of one group differ only along the axis, and each is compared with the group's first point (in grid order); the
+#: family names the comparisons one claim is drawn from (Holm-adjusted together)
+Axis = Callable[[Mapping[str, Any]], Tuple[Hashable, str, str]]
 
 
 def plot_points(rows: Sequence[Mapping[str, Any]], y: str) -> Dict[str, List[Tuple[float, float, float, float]]]:
@@ -329,14 +348,14 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
     for axis in axes:
         first: Dict[Hashable, int] = {}
         for i, record in enumerate(records):
-            group, label = axis(record["settings"])
+            group, label, family = axis(record["settings"])
             j = first.setdefault(group, i)
             if j != i and results[i] is not None and results[j] is not None:
                 reference = axis(records[j]["settings"])[1]
                 what = f"{series_of(record['settings'])} {rows[i]['mode']}"
                 if x_point is not None and rows[i]["x"] == rows[j]["x"]:
                     what += f" at {x_point(record['settings'])}"
-                comparisons.append(comparison_row(what, label, reference, compare(results[i], results[j])))
+                comparisons.append(comparison_row(what, label, reference, compare(results[i], results[j]), family))
     checks = []
     source_label = LABELS[source_kind] + "'"
     for i, record in enumerate(records):
@@ -352,7 +371,8 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
             curve = {row["eps"]: result for row, result in zip(rows, results) if row["series"] == name and result}
             check = check_monotone_in_eps(curve)
             checks.append(Check(check.name, check.passed, f"{name}: {check.detail}", check.values))
-    markdown = ctx.write(rows, columns) + record_checks(ctx, checks) + record_comparisons(ctx, comparisons)
+    markdown = ctx.write(rows, columns) + record_checks(ctx, checks)
+    markdown += record_comparisons(ctx, family_verdicts(comparisons))
     if dist_info().is_main:
         for mode in dict.fromkeys(r["mode"] for r in rows):
             series = plot_points([r for r in rows if r["mode"] == mode], "adversarial")

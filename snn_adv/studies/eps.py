@@ -13,7 +13,9 @@ def run(ctx: StudyContext) -> str:
     section = ctx.section
     grid = [{"kind": kind, "attack": at_eps(attack, eps / 255), "mode": "whitebox"}
             for kind in section["kinds"] for attack in section["attacks"] for eps in section["eps_255"]]
-    axis = lambda s: ((s["kind"], attack_label(s["attack"])), f"eps {s['attack']['eps'] * 255:g}/255")  # noqa: E731
+    # verdict family: per model kind, every eps against the first (both attacks)
+    axis = lambda s: ((s["kind"], attack_label(s["attack"])), f"eps {s['attack']['eps'] * 255:g}/255",  # noqa: E731
+                      f"{LABELS[s['kind']]}: each eps - eps {section['eps_255'][0]:g}/255")
     return sweep(ctx, grid, "eps (x/255, L-infinity)", lambda s: round(s["attack"]["eps"] * 255, 6),
                  lambda s: f"{LABELS[s['kind']]}, {attack_label(s['attack'])}", "Accuracy vs perturbation size",
                  axes=[axis], x_is_eps=True)

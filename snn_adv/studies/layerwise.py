@@ -30,15 +30,15 @@ from ..neurons import LeakyLIFNode
 from ..seeds import derive_seed
 from ..stats import mean_interval, paired_difference
 from ..zoo import LABELS
-from .common import LEVEL, StudyContext, trained_per_point, verdict
+from .common import LEVEL, StudyContext, family_verdicts, trained_per_point
 
-__all__ = ["GROWTH_COLUMNS", "TABLE_COLUMNS", "growth_rows", "layer_activations", "per_image_changes",
-           "relative_change", "relative_change_per_image", "run"]
+__all__ = ["GROWTH_COLUMNS", "GROWTH_FAMILIES", "TABLE_COLUMNS", "growth_rows", "layer_activations",
+           "per_image_changes", "relative_change", "relative_change_per_image", "run"]
 
 TABLE_COLUMNS = ["model", "perturbation", "quantity", "layer", "relative_change", "relative_change_low",
                  "relative_change_high", "n_images", "input_relative_change", "cell"]
 GROWTH_COLUMNS = ["model", "perturbation", "quantity", "comparison", "difference", "difference_low", "difference_high",
-                  "p_value", "verdict", "method", "n_images"]
+                  "p_value", "p_holm", "verdict", "family", "method", "n_images"]
 
 
 def layer_activations(model: nn.Module, images: torch.Tensor) -> Dict[str, List[torch.Tensor]]:
@@ -109,32 +109,39 @@ def _log_growth(changes: np.ndarray) -> np.ndarray:
     return np.where(defined, np.log(np.where(defined, last, 1.0) / np.where(defined, first, 1.0)), np.nan)
 
 
+#: the verdict families of ``growth.*``: every model's change from the first to the last hidden layer, and every
+#: SNN's log growth against the ANN's (each Holm-adjusted together)
+GROWTH_FAMILIES = ("last - first hidden layer: every model, perturbation and quantity",
+                   "log growth, SNN - ANN: every SNN and perturbation")
+
+
 def _growth_row(model: str, perturbation: str, quantity: str, what: str, x: np.ndarray, y: np.ndarray,
-                positive: str, negative: str) -> Dict[str, Any]:
-    """A row of ``growth.*``: :func:`snn_adv.stats.paired_difference` of ``x - y`` over the images where both are
-    defined, with the verdict ``positive`` / ``negative`` / inconclusive; empty values when no image has both."""
-    row = {"model": model, "perturbation": perturbation, "quantity": quantity, "comparison": what}
+                family: str) -> Dict[str, Any]:
+    """A row of ``growth.*`` in verdict family ``family``: :func:`snn_adv.stats.paired_difference` of ``x - y`` over
+    the images where both are defined; empty values when no image has both."""
+    row = {"model": model, "perturbation": perturbation, "quantity": quantity, "comparison": what, "family": family}
     if np.isnan(x - y).all():
         return {**row, "difference": None, "difference_low": None, "difference_high": None, "p_value": None,
                 "verdict": "no image with both values", "method": None, "n_images": 0}
     comparison = paired_difference(x, y, LEVEL)
     return {**row, "difference": comparison.difference, "difference_low": comparison.low,
-            "difference_high": comparison.high, "p_value": comparison.p_value,
-            "verdict": verdict(comparison, positive, negative), "method": comparison.method, "n_images": comparison.n}
+            "difference_high": comparison.high, "p_value": comparison.p_value, "method": comparison.method,
+            "n_images": comparison.n}
 
 
 def growth_rows(changes: Mapping[tuple, np.ndarray], labels: Mapping[str, str]) -> List[Dict[str, Any]]:
     """The rows of ``growth.*`` from ``changes[(model, perturbation, quantity)]`` (:func:`per_image_changes` of a
     cell; ``labels[model]`` the model's label): per model and quantity, the paired difference of the relative
-    change at the last minus the first hidden layer ("grows" / "shrinks" / inconclusive at p < 0.05); per SNN
-    (quantity ``spike_rate``) and ANN (``activation``) under the same perturbation, the paired difference of the
-    per-image log growth of the SNN's spike rates minus the ANN's activations (images where either is undefined
-    are dropped)."""
-    rows = []
+    change at the last minus the first hidden layer ("grows" / "shrinks" / inconclusive); per SNN (quantity
+    ``spike_rate``) and ANN (``activation``) under the same perturbation, the paired difference of the per-image
+    log growth of the SNN's spike rates minus the ANN's activations (images where either is undefined are
+    dropped). Verdicts at Holm-adjusted p < 0.05 within :data:`GROWTH_FAMILIES`."""
+    rows, words = [], []
     for (model, perturbation, quantity), values in changes.items():
         if len(values) > 1:
             rows.append(_growth_row(labels[model], perturbation, quantity, f"layer {len(values)} - layer 1",
-                                    values[-1], values[0], "grows", "shrinks"))
+                                    values[-1], values[0], GROWTH_FAMILIES[0]))
+            words.append(("grows", "shrinks"))
     for (ann, perturbation, quantity), ann_values in changes.items():
         if quantity != "activation" or len(ann_values) < 2:
             continue
@@ -142,9 +149,9 @@ def growth_rows(changes: Mapping[tuple, np.ndarray], labels: Mapping[str, str]) 
             if other == perturbation and snn_quantity == "spike_rate" and len(snn_values) > 1:
                 rows.append(_growth_row(f"{labels[snn]} vs {labels[ann]}", perturbation, "spike_rate vs activation",
                                         "log(r_last / r_first): SNN - ANN", _log_growth(snn_values),
-                                        _log_growth(ann_values), f"{labels[snn]} grows more",
-                                        f"{labels[snn]} grows less"))
-    return rows
+                                        _log_growth(ann_values), GROWTH_FAMILIES[1]))
+                words.append((f"{labels[snn]} grows more", f"{labels[snn]} grows less"))
+    return family_verdicts(rows, words, LEVEL)
 
 
 def _change_columns(values: np.ndarray) -> Dict[str, Any]:
@@ -207,8 +214,9 @@ def run(ctx: StudyContext) -> str:
     markdown = ctx.write(rows, TABLE_COLUMNS)
     growth = ctx.write(growth_rows(changes, labels), GROWTH_COLUMNS, stem="growth")
     if dist_info().is_main:
-        markdown += (f"\nGrowth of the perturbation, paired over the same images ({LEVEL:.0%} bootstrap interval, "
-                     f"sign-flip test, verdict at p < {1 - LEVEL:.2f}): relative change at the last minus the first "
+        markdown += (f"\nGrowth of the perturbation, paired over the same images (sign-flip test and the {LEVEL:.0%} "
+                     f"interval that inverts it, verdict at Holm-adjusted p < {1 - LEVEL:.2f} within the family): "
+                     "relative change at the last minus the first "
                      "hidden layer, and the per-image log growth log(r_last / r_first) of each SNN's spike rates "
                      "minus the ANN's activations:\n\n" + growth)
         names = {"activation": "ANN activations", "spike_rate": "spike rates", "membrane": "membrane potentials"}

@@ -25,7 +25,9 @@ def run(ctx: StudyContext) -> str:
              "knobs": {"leak": leak, **fixed_t}, "attack": attack, "mode": mode}
             for kind in section["kinds"] for leak in section["leaks"] for attack in section["attacks"]
             for mode in attack.get("study_modes", section["modes"])]
-    axis = lambda s: ((s["kind"], s["mode"], attack_label(s["attack"])), f"leak {s['knobs']['leak']:g}")  # noqa: E731
+    # verdict family: per model kind, every leak against the first (attacks and modes together)
+    axis = lambda s: ((s["kind"], s["mode"], attack_label(s["attack"])), f"leak {s['knobs']['leak']:g}",  # noqa: E731
+                      f"{LABELS[s['kind']]}: each leak - leak {section['leaks'][0]:g}")
     return sweep(ctx, grid, "leak factor (1 = IF neuron)", lambda s: s["knobs"]["leak"],
                  lambda s: f"{LABELS[s['kind']]}, {attack_label(s['attack'])}", "Adversarial accuracy vs leak",
                  axes=[axis])

@@ -25,11 +25,11 @@ from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, CleanMemo, EvaluationResu
                           check_more_effort, check_not_weaker, check_whitebox_vs_transfer)
 from ..stats import compare
 from ..zoo import KINDS, LABELS
-from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, interval_columns, record_checks,
-                     record_comparisons, results_of)
+from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, family_verdicts, interval_columns,
+                     record_checks, record_comparisons, results_of)
 
-__all__ = ["ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "condition_of", "evaluate_models", "is_derived",
-           "on_common_images", "run", "summarise", "table_study"]
+__all__ = ["CLEAN_FAMILY", "ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "comparison_family",
+           "condition_of", "evaluate_models", "is_derived", "on_common_images", "run", "summarise", "table_study"]
 
 
 def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:
@@ -226,8 +226,22 @@ def _checks(results: Mapping[Key, EvaluationResult], targets: Sequence[str], att
     return checks
 
 
+#: the verdict family of the comparisons between two targets in the clean condition (one claim: clean accuracy)
+CLEAN_FAMILY = "clean: every pair of models"
+
+
+def comparison_family(a: str, b: str, condition: str, attack_reference: Optional[str] = None) -> str:
+    """The verdict family of a table's comparison (the comparisons one claim is drawn from, Holm-adjusted
+    together): ``a - b`` (two targets) in every attacked condition (worst cases included), or :data:`CLEAN_FAMILY`;
+    with ``attack_reference``, every attack against it on target ``a``."""
+    if attack_reference is not None:
+        return f"{a}: each attack - {attack_reference}"
+    return CLEAN_FAMILY if condition == "clean" else f"{a} - {b}: every attack"
+
+
 def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str, Any]]:
-    """Each pair of targets in every condition; each attack against the first, per target (whitebox)."""
+    """Each pair of targets in every condition; each attack against the first, per target (whitebox); verdicts
+    by family (:func:`comparison_family`, :func:`~snn_adv.studies.common.family_verdicts`)."""
     rows = []
     for condition in conditions:
         kind_of = "clean" if condition == "clean" else "adversarial"
@@ -235,15 +249,16 @@ def _comparisons(results, targets, conditions, attacks, pairs) -> List[Dict[str,
             if (a, condition) in results and (b, condition) in results:
                 comparison = compare(*on_common_images(results[(a, condition)], results[(b, condition)]),
                                      kind_of, kind_of)
-                rows.append(comparison_row(condition, a, b, comparison))
+                rows.append(comparison_row(condition, a, b, comparison, comparison_family(a, b, condition)))
     reference = condition_of(attacks[0])
     for target in targets:
         for spec in attacks[1:]:
             condition = condition_of(spec)
             if (target, condition) in results and (target, reference) in results:
                 comparison = compare(results[(target, condition)], results[(target, reference)])
-                rows.append(comparison_row(target, condition, reference, comparison))
-    return rows
+                rows.append(comparison_row(target, condition, reference, comparison,
+                                           comparison_family(target, reference, condition, reference)))
+    return family_verdicts(rows)
 
 
 def on_common_images(a: EvaluationResult, b: EvaluationResult) -> Tuple[EvaluationResult, EvaluationResult]:

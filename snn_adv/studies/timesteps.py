@@ -33,9 +33,15 @@ def run(ctx: StudyContext) -> str:
             for kind in section["kinds"] for t in section["timesteps"] for q in section["levels"]
             for attack in section["attacks"] for mode in attack.get("study_modes", section["modes"])]
     base = lambda s: (s["kind"], s["mode"], attack_label(s["attack"]))  # noqa: E731
-    axes = [  # each T against the smallest T (same levels); each quantisation against none (same T)
-        lambda s: ((*base(s), "levels", s["knobs"]["levels"]), f"T={s['knobs']['timesteps']}"),
-        lambda s: ((*base(s), "T", s["knobs"]["timesteps"]), _levels(s["knobs"]["levels"])),
+    first = f"T={section['timesteps'][0]}"
+    # each T against the first T (same levels); each quantisation against none (same T). Verdict families, one per
+    # claim and model kind (attacks and modes together): every T against the first, at every quantisation ("fewer
+    # timesteps, more robust"); every quantisation against none, at every T ("pre-quantisation, more robust")
+    axes = [
+        lambda s: ((*base(s), "levels", s["knobs"]["levels"]), f"T={s['knobs']['timesteps']}",
+                   f"{LABELS[s['kind']]}: each T - {first}, every quantisation"),
+        lambda s: ((*base(s), "T", s["knobs"]["timesteps"]), _levels(s["knobs"]["levels"]),
+                   f"{LABELS[s['kind']]}: each quantisation - none, every T"),
     ]
     return sweep(ctx, grid, "timesteps T", lambda s: s["knobs"]["timesteps"],
                  lambda s: f"{LABELS[s['kind']]}, {_levels(s['knobs']['levels'])}, {attack_label(s['attack'])}",
