@@ -27,13 +27,10 @@ from snn_adv.protocol.run import CostMeter
 
 def apgd_baseline(model, images, labels, eps: float, seeds: List[int]) -> Dict[str, float]:
     """One APGD-CE run of 100 iterations, no EOT, on every image: seconds and passes per image."""
-    meter = CostMeter([model])
     start = time.perf_counter()
-    try:
+    with CostMeter([model]) as meter:
         result = evaluate(model, (images, labels), APGD(model, eps=eps, steps=100, eot=1), scoring_seeds=seeds,
                           batch_size=100, progress=False)
-    finally:
-        meter.close()
     return {"seconds": time.perf_counter() - start, "accuracy": result.adversarial_accuracy,
             "passes_per_image": (meter.gradient + FORWARD_COST * meter.forward) / len(images)}
 

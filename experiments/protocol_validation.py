@@ -154,13 +154,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         row = {"model": name, "protocol": report.headline(), "verdict": report.verdict,
                "robust": report.robust_accuracy, "seconds": round(time.perf_counter() - start, 1), "attacks": {}}
         for label, attack in single_attacks(model).items():
-            meter, began = CostMeter([model]), time.perf_counter()
-            try:
-                single = evaluate(model, (x, y), attack, scoring_seeds=SEEDS, batch_size=100, progress=False)
-            except NoInputGradientError:  # the single attack is blind here (e.g. the vanishing surrogate)
-                single = evaluate(model, (x, y), None, scoring_seeds=SEEDS, batch_size=100, progress=False)
-            finally:
-                meter.close()
+            began = time.perf_counter()
+            with CostMeter([model]) as meter:
+                try:
+                    single = evaluate(model, (x, y), attack, scoring_seeds=SEEDS, batch_size=100, progress=False)
+                except NoInputGradientError:  # the single attack is blind here (e.g. the vanishing surrogate)
+                    single = evaluate(model, (x, y), None, scoring_seeds=SEEDS, batch_size=100, progress=False)
             if label == "APGD-CE 100":  # the cost unit of the protocol's budget
                 row["apgd_100"] = {"seconds": round(time.perf_counter() - began, 1),
                                    "passes_per_image": (meter.gradient + FORWARD_COST * meter.forward) / len(y)}

@@ -10,13 +10,12 @@ ends (a kill costs at most the stage in progress; a rerun reads them back and wr
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,8 +57,8 @@ def behaves_randomly(model: nn.Module, images: torch.Tensor) -> bool:
 def gradient_scale(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
                    seed: int = 0) -> np.ndarray:
     r"""Per clean-correct image, ``eps * |d margin / dx|_1 / margin`` under the model's own gradient (one draw,
-    seeded by ``seed``): the
-    first-order change of the margin ``z_y - max_{j != y} z_j`` over the eps-ball relative to the margin itself.
+    seeded by ``seed``): the first-order change of the margin ``z_y - max_{j != y} z_j`` over the eps-ball relative
+    to the margin itself.
     0 where the logits do not depend on the input."""
     encoders = stochastic_encoders(model)
     saved = [e.seed for e in encoders]
@@ -99,6 +98,12 @@ class CostMeter:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+    def __enter__(self) -> "CostMeter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class _Replay:
@@ -198,15 +203,6 @@ def _with_outcome(result: EvaluationResult, adversarial: np.ndarray, name: str) 
                             {**result.settings, "attack": {"name": name}})
 
 
-@contextlib.contextmanager
-def _metered(models: Sequence[nn.Module]) -> Iterator[CostMeter]:
-    meter = CostMeter(models)
-    try:
-        yield meter
-    finally:
-        meter.close()
-
-
 def robust_accuracy(
     model: nn.Module,
     data: Data,
@@ -271,7 +267,7 @@ def robust_accuracy(
             return cached
         start = time.perf_counter()
         status, reason, examples = "ran", None, None
-        with _metered([model, crafting]) as meter:
+        with CostMeter([model, crafting]) as meter:
             try:
                 attack = attack_of() if active.any() else None
                 result = evaluate(model, (images, labels), attack, source=None if crafting is model else crafting,
