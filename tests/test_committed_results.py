@@ -28,9 +28,6 @@ PENDING = {
     "cpu/robustness/cells/6c0ee69b4794e700.json": "its ANN evaluation records 9b735ac-dirty; retrained models differ "
                                                   "from the run's, so only a recomputation of the whole study fits",
     "cpu/robustness/cells/94faff2f30e8c750.json": "records a27b829 outside, 55f3c41 inside; as above",
-    "cifar10_cpu/timesteps_eot/cells/7011b11f56273530.json":
-        "records bd41376-dirty outside and bd41376 inside; its recomputation needs the T = 16 SNN-BP retrained "
-        "(the ANN, SNN-conv and SNN-BP chain, about 47 min on 2 idle cores)",
 }
 
 
