@@ -31,7 +31,9 @@ from .training import seed_everything
 
 __all__ = [
     "cell_key",
+    "record_digest",
     "CellStore",
+    "DamagedCellError",
     "claim_output_folder",
     "run_cells",
     "write_table",
@@ -49,45 +51,88 @@ def cell_key(settings: Settings) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Cells
 # --------------------------------------------------------------------------------------------------------------
+def record_digest(record: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a cell record's canonical JSON without its ``digest`` entry: any changed value (an
+    outcome, a setting, the provenance, the time) changes it, while JSON formatting and key order do not."""
+    body = {key: value for key, value in record.items() if key != "digest"}
+    return "sha256:" + hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+class DamagedCellError(ValueError):
+    """A result cell file that fails verification (not JSON, no digest, or a digest that does not match)."""
+
+
 class CellStore:
     """One JSON file per finished cell under ``directory/cells/``::
 
-        {"settings": {...}, "result": {...}, "seconds": 12.3, "provenance": {git commit, versions, seed, device}}
+        {"settings": {...}, "result": {...}, "seconds": 12.3, "provenance": {git commit, versions, seed, device},
+         "digest": "sha256:..."}
 
-    A file is only ever written whole (temporary file, fsync, rename), so any file present is a finished cell.
+    A file is only ever written whole (temporary file, fsync, rename), so any file present is a finished cell, and
+    it is only ever used after its :func:`record_digest` has been checked: a damaged or edited cell is refused with
+    :class:`DamagedCellError` naming the file, or, with ``recompute=True`` (``snn-adv study --recompute``), computed
+    again and replaced. Intact cells are reused either way.
     """
 
-    def __init__(self, directory: PathLike):
+    def __init__(self, directory: PathLike, recompute: bool = False):
         self.directory = Path(directory)
         self.cells_dir = self.directory / "cells"
+        self.recompute = recompute
 
     def path(self, settings: Settings) -> Path:
         return self.cells_dir / f"{cell_key(settings)}.json"
 
+    @staticmethod
+    def read(path: Path) -> Dict[str, Any]:
+        """The record in the cell file ``path``, verified against its digest (:class:`DamagedCellError` if not)."""
+        try:
+            record = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            problem = f"is not valid JSON ({error})"
+        else:
+            if not isinstance(record, dict) or "digest" not in record:
+                problem = "carries no digest (written by an older snn-adv, or edited)"
+            elif record["digest"] != record_digest(record):
+                problem = "does not match its digest (edited or damaged since it was written)"
+            else:
+                return record
+        raise DamagedCellError(f"result cell {str(path)!r} {problem}, so it is not used: delete it, or rerun with "
+                               "`--recompute` (CellStore(recompute=True)) to compute it again")
+
     def load(self, settings: Settings) -> Optional[Dict[str, Any]]:
-        """The finished record for ``settings``, or None if the cell has not been computed."""
+        """The verified record for ``settings``, or None if the cell has not been computed (or is damaged and
+        ``recompute`` is set)."""
         path = self.path(settings)
         if not path.is_file():
             return None
-        record = json.loads(path.read_text())
-        if canonical_json(record.get("settings")) != canonical_json(settings):
-            raise RuntimeError(f"cell file {path} holds other settings than its name says (hash collision or edit)")
+        try:
+            record = self.read(path)
+            if canonical_json(record.get("settings")) != canonical_json(settings):
+                raise DamagedCellError(f"result cell {str(path)!r} holds other settings than its name says (moved or "
+                                       "edited): delete it, or rerun with `--recompute` to compute it again")
+        except DamagedCellError:
+            if not self.recompute:
+                raise
+            log(f"result cell {str(path)!r} fails verification: --recompute computes it again")
+            return None
         return record
 
     def save(self, settings: Settings, result: Mapping[str, Any], seconds: float, seed: int) -> Dict[str, Any]:
-        record = {
+        """Write the cell's record with its digest; return it as a resumed run reads it back (JSON round trip)."""
+        record = json.loads(json.dumps({
             "settings": dict(settings),
             "result": dict(result),
             "seconds": round(seconds, 3),
             "provenance": provenance(seed=seed, cell=cell_key(settings)),
-        }
+        }, sort_keys=True, default=str))
+        record["digest"] = record_digest(record)
         if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):  # rank 0 writes
             atomic_write_json(self.path(settings), record)
         return record
 
     def records(self) -> List[Dict[str, Any]]:
-        """Every finished cell in the store, sorted by file name."""
-        return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
+        """Every finished cell in the store, verified, sorted by file name."""
+        return [self.read(p) for p in sorted(self.cells_dir.glob("*.json"))]
 
 
 @contextlib.contextmanager
@@ -145,8 +190,7 @@ def run_cells(
             start = time.perf_counter()
             result = compute(settings)
             seconds = time.perf_counter() - start
-            record = json.loads(json.dumps(store.save(settings, result, seconds, cell_seed),
-                                           sort_keys=True, default=str))  # exactly what a resumed run reads back
+            record = store.save(settings, result, seconds, cell_seed)  # exactly what a resumed run reads back
             if progress and bar.disable:  # no live bar (a log file): one line per computed cell
                 log(f"{desc}: cell {len(records) + 1}/{len(cells)} computed in {seconds:.0f} s")
         else:

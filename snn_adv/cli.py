@@ -18,12 +18,14 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 #: commands whose ``--out`` is a folder (the others write one checkpoint file)
 FOLDER_OUTPUTS = ("quickstart", "study", "evaluate", "protocol")
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+RECOMPUTE_HELP = ("recompute the result cells that fail verification (damaged, edited, or written by an older snn-adv) "
+                  "instead of refusing them; intact cells are still reused")
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out, progress=not args.quiet)
+    quickstart(args.out, progress=not args.quiet, recompute=args.recompute)
     return 0
 
 
@@ -37,7 +39,7 @@ def _study(args: argparse.Namespace) -> int:
         overrides.setdefault("data", {})["root"] = args.data_root
     config = load_config(config_path(args.config), overrides)
     names = list(STUDIES) if args.names == ["all"] else args.names
-    run_studies(names, config, args.out, progress=not args.quiet)
+    run_studies(names, config, args.out, progress=not args.quiet, recompute=args.recompute)
     return 0
 
 
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart = commands.add_parser("quickstart", help="offline end-to-end demo on bundled Fashion-MNIST")
     quickstart.add_argument("--out", default=None, help="output folder (default ./snn-adv-quickstart)")
     quickstart.add_argument("--quiet", action="store_true", help="no progress bars")
+    quickstart.add_argument("--recompute", action="store_true", help=RECOMPUTE_HELP)
     quickstart.set_defaults(func=_quickstart)
 
     study = commands.add_parser("study", help="run studies of a config (resumable; torchrun shards it)",
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--set", action="append", metavar="KEY=JSON",
                        help="override a config value, e.g. --set data.test_count=200 (repeatable)")
     study.add_argument("--quiet", action="store_true", help="no progress bars")
+    study.add_argument("--recompute", action="store_true", help=RECOMPUTE_HELP)
     study.set_defaults(func=_study)
 
     evaluate = commands.add_parser(

@@ -19,9 +19,10 @@ __all__ = ["quickstart"]
 
 
 def quickstart(out: Optional[PathLike] = None, overrides: Optional[Mapping[str, Any]] = None,
-               progress: bool = True) -> Path:
+               progress: bool = True, recompute: bool = False) -> Path:
     """Run the quickstart preset (with ``overrides`` merged over it) into ``out`` (default
-    ``./snn-adv-quickstart``), print the table, return the folder."""
+    ``./snn-adv-quickstart``), print the table, return the folder. ``recompute``: recompute result cells that fail
+    verification instead of refusing them (:class:`~snn_adv.cells.CellStore`)."""
     from .config import load_config
     from .configs import config_path
     from .studies import run_study
@@ -30,7 +31,7 @@ def quickstart(out: Optional[PathLike] = None, overrides: Optional[Mapping[str, 
     config = load_config(config_path("quickstart"), overrides)
     start = time.perf_counter()
     print(f"snn-adv quickstart: results go to {out}", flush=True)
-    table = run_study("robustness", config, out, progress=progress)
+    table = run_study("robustness", config, out, progress=progress, recompute=recompute)
     print()
     print(f"Accuracy (%) [95 % interval over {config['data']['test_count']} test images and "
           f"{len(config['eval_seeds'])} Poisson seeds] (WB whitebox; BB blackbox from a separately trained source):")

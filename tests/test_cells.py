@@ -10,7 +10,9 @@ import torch
 from snn_adv.plots import plot_bars, plot_lines, series_from_rows
 from snn_adv.cells import (
     CellStore,
+    DamagedCellError,
     cell_key,
+    record_digest,
     markdown_table,
     run_cells,
     write_table,
@@ -48,6 +50,92 @@ def test_finished_cells_are_skipped_and_records_carry_provenance(tmp_path):
     assert json.loads(store.path({"x": 2}).read_text())["settings"] == {"x": 2}
     with pytest.raises(ValueError, match="duplicate"):
         run_cells([{"x": 1}, {"x": 1}], compute, store, seed=0, progress=False)
+
+
+def _outcomes(settings):
+    return {"clean_correct": [[1, 0], [1, 1]], "accuracy": 0.75, "label": settings["x"]}
+
+
+def _edit(part, change):
+    """An edit of one part of a cell file that keeps its stored digest (and the file's JSON layout)."""
+    def edit(text):
+        record = json.loads(text)
+        change(record[part]) if part != "seconds" else record.update(seconds=record["seconds"] + 1)
+        return json.dumps(record, indent=2, sort_keys=True) + "\n"
+    return edit
+
+
+#: one edit per part of a cell file: an outcome, a number, the settings, the provenance, the time, the digest
+#: itself, a missing digest, and damage that leaves no JSON
+EDITS = {
+    "outcome": _edit("result", lambda result: result["clean_correct"][0].__setitem__(0, 0)),
+    "number": _edit("result", lambda result: result.update(accuracy=0.76)),
+    "settings": _edit("settings", lambda settings: settings.update(study="t")),
+    "provenance": _edit("provenance", lambda provenance: provenance.update(git_commit="0" * 40)),
+    "seconds": _edit("seconds", None),
+    "digest": lambda text: text.replace('"digest": "sha256:', '"digest": "sha256:0', 1),
+    "no digest": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "digest"}),
+    "truncated": lambda text: text[: len(text) // 2],
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_an_edited_cell_is_refused_naming_its_file_and_recomputed_on_request(tmp_path, edit):
+    cell = {"study": "s", "x": 1}
+    calls = []
+    compute = lambda s: calls.append(1) or _outcomes(s)  # noqa: E731
+    fresh = run_cells([cell], compute, CellStore(tmp_path), seed=0, progress=False)[0]
+    path = CellStore(tmp_path).path(cell)
+    assert fresh["digest"] == record_digest(json.loads(path.read_text()))
+    text = path.read_text()
+    edited = EDITS[edit](text)
+    assert edited != text
+    path.write_text(edited)
+    for reader in (lambda: run_cells([cell], compute, CellStore(tmp_path), seed=0, progress=False),
+                   lambda: CellStore(tmp_path).records()):
+        with pytest.raises(DamagedCellError, match=rf"{path.name}.*not used: delete it, or rerun with `--recompute`"):
+            reader()
+    assert calls == [1]  # nothing was used, nothing recomputed
+    again = run_cells([cell], compute, CellStore(tmp_path, recompute=True), seed=0, progress=False)[0]
+    assert calls == [1, 1]
+    assert (again["settings"], again["result"]) == (fresh["settings"], fresh["result"])
+    assert CellStore(tmp_path).records() == [again]  # the replaced file verifies
+
+
+def test_every_flipped_bit_of_a_cell_file_is_refused_or_harmless(tmp_path):
+    """Bit 0 flipped at every byte of a cell file: read back, the file is refused, or (a change of JSON layout
+    only) it gives exactly the original record."""
+    run_cells([{"study": "s", "x": 1}], _outcomes, CellStore(tmp_path), seed=0, progress=False)
+    path = CellStore(tmp_path).path({"study": "s", "x": 1})
+    data = path.read_bytes()
+    original = json.loads(data)
+    refused = 0
+    for position in range(len(data)):
+        path.write_bytes(data[:position] + bytes([data[position] ^ 1]) + data[position + 1:])
+        try:
+            assert CellStore.read(path) == original, position
+        except DamagedCellError:
+            refused += 1
+    assert refused >= 0.95 * len(data) and len(data) > 500
+
+
+def test_the_digest_covers_every_value_but_not_the_json_layout():
+    record = {"settings": {"x": 1}, "result": {"r": [1, 0]}, "seconds": 1.5, "provenance": {"seed": 3}}
+    digest = record_digest(record)
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    assert record_digest(json.loads(json.dumps(record, indent=4))) == digest == record_digest({**record, "digest": "x"})
+    for part, value in [("result", {"r": [0, 0]}), ("settings", {"x": 2}), ("seconds", 1.25), ("provenance", {})]:
+        assert record_digest({**record, part: value}) != digest, part
+
+
+def test_a_cell_moved_to_another_name_is_refused(tmp_path):
+    store = CellStore(tmp_path)
+    run_cells([{"x": 1}], _outcomes, store, seed=0, progress=False)
+    store.path({"x": 1}).rename(store.path({"x": 2}))
+    with pytest.raises(DamagedCellError, match="other settings than its name says"):
+        run_cells([{"x": 2}], _outcomes, store, seed=0, progress=False)
+    assert run_cells([{"x": 2}], _outcomes, CellStore(tmp_path, recompute=True), seed=0,
+                     progress=False)[0]["result"]["label"] == 2
 
 
 def test_cell_key_ignores_key_order_and_sees_values():

@@ -1,5 +1,6 @@
 """The committed results (``experiments/results/*/``) agree with themselves and name their code.
 
+- Integrity: every committed cell carries the digest of its content (``experiments/seal_cells.py``) and verifies.
 - Provenance: no cell names a ``-dirty`` commit without a source digest, and a cell's outer provenance (the cell
   runner's) and inner ones (each evaluation's) name the same commit (and digest, where both record one).
 - Statistics: every committed comparison's interval excludes 0 exactly when its p-value is below 1 - level (the
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from snn_adv.cells import CellStore
 from snn_adv.stats import holm
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
@@ -41,6 +43,11 @@ def _inner_provenances(record):
 
 def test_there_are_committed_cells():
     assert len(CELLS) > 200 and {p.parts[-4] for p in CELLS} >= set(PRESETS)
+
+
+@pytest.mark.parametrize("path", CELLS, ids=_cell_id)
+def test_every_committed_cell_verifies_against_its_digest(path):
+    assert CellStore.read(path)["digest"].startswith("sha256:")
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING[_cell_id(p)], strict=True))

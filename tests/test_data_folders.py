@@ -1,9 +1,10 @@
 """CIFAR-10 (JPEG copy) and users' image folders against independent references: synthetic JPEG/PNG trees and
 archives written here with PIL and tarfile, decoded again with PIL directly; hash checks, the decode cache, the
 errors that name their file, and content fingerprints."""
+import gzip
 import hashlib
-import json
 import io
+import json
 import tarfile
 import warnings
 from pathlib import Path
@@ -162,6 +163,53 @@ def test_damaged_archives_and_manifests_name_the_file(jpeg_copy):
     write_sums(archives)  # a manifest that matches the damage: the decoder must still name the archive
     with pytest.raises(ValueError, match=r"archive .*cifar10-jpeg-test.tar.gz' is corrupt or truncated"):
         load_tensors("cifar10-jpeg", "test", root=archives)
+
+
+def _refused_or_unchanged(archives, want, where):
+    """Load the test split of ``archives`` (its SHA256SUMS regenerated to match whatever it holds): refused with a
+    ValueError naming the archive, or decoded to exactly ``want``; never other pixels. Return True if refused."""
+    write_sums(archives)
+    try:
+        got = load_tensors("cifar10-jpeg", "test", root=archives)
+    except ValueError as error:
+        assert "cifar10-jpeg-test.tar.gz" in str(error), where
+        return True
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), where
+    return False
+
+
+def test_flipped_bytes_of_an_archive_with_a_matching_manifest_are_refused_never_decoded(jpeg_copy):
+    """A copy of the test archive with one byte flipped and its SHA256SUMS regenerated (so the hash check passes):
+    the gzip CRC, the tar structure or the JPEG decoder refuses it, naming the archive; the few harmless positions
+    (gzip header fields such as its time stamp) decode to the same pixels, under a new fingerprint (so every
+    dependent cell is recomputed, never mixed with the old ones)."""
+    _, archives = jpeg_copy
+    archive = archives / "cifar10-jpeg-test.tar.gz"
+    data = archive.read_bytes()
+    want, fingerprint = load_tensors("cifar10-jpeg", "test", root=archives), dataset_fingerprint("cifar10-jpeg", archives)
+    positions = sorted({*range(12), *range(len(data) - 8, len(data)), *range(12, len(data) - 8, len(data) // 150)})
+    refused = 0
+    for position in positions:
+        archive.write_bytes(data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1:])
+        refused += _refused_or_unchanged(archives, want, f"byte {position}")
+        assert dataset_fingerprint("cifar10-jpeg", archives) != fingerprint
+    assert refused >= len(positions) - 12  # at most the gzip header's harmless fields decode
+
+
+def test_a_damaged_tar_header_behind_a_valid_gzip_is_refused(jpeg_copy):
+    """``tarfile`` reads a damaged member header after the first as the end of the archive and silently drops the
+    rest; the reader refuses it because what follows is not padding."""
+    _, archives = jpeg_copy
+    archive = archives / "cifar10-jpeg-test.tar.gz"
+    stream = bytearray(gzip.decompress(archive.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(stream))) as tar:
+        member = tar.getmembers()[5]
+    for damage in (b"\0" * 512, b"x" * 512):  # a zeroed header (an end marker), a header with a wrong checksum
+        stream[member.offset:member.offset + 512] = damage
+        archive.write_bytes(gzip.compress(bytes(stream)))
+        write_sums(archives)
+        with pytest.raises(ValueError, match=r"cifar10-jpeg-test.tar.gz' is corrupt: its tar stream ends at byte"):
+            load_tensors("cifar10-jpeg", "test", root=archives)
 
 
 def test_missing_dataset_gives_the_one_message(tmp_path):

@@ -61,20 +61,21 @@ def test_cli_runs_quickstart_and_study_with_preset_and_overrides(monkeypatch, tm
 
     calls = {}
     monkeypatch.setattr(importlib.import_module("snn_adv.quickstart"), "quickstart",
-                        lambda out, progress: calls.setdefault("quickstart", []).append((out, progress)))
+                        lambda out, progress, recompute: calls.setdefault("quickstart", []).append((out, progress, recompute)))
     monkeypatch.setattr(snn_adv.studies, "run_studies",
-                        lambda names, config, out, progress: calls.setdefault("study", (names, config, out, progress)))
-    for argv in (["quickstart", "--out", "x"], ["quickstart", "--out", "x", "--quiet"]):
+                        lambda names, config, out, progress, recompute: calls.setdefault("study", (names, config, out, progress,
+                                                                                           recompute)))
+    for argv in (["quickstart", "--out", "x"], ["quickstart", "--out", "x", "--quiet", "--recompute"]):
         args = build_parser().parse_args(argv)
         assert args.func(args) == 0
-    assert calls["quickstart"] == [("x", True), ("x", False)]
+    assert calls["quickstart"] == [("x", True, False), ("x", False, True)]
 
     argv = ["study", "all", "--config", "tiny", "--out", "o", "--set", "seed=3", "--set", "models.ann.epochs=5",
             "--data-root", str(tmp_path), "--quiet"]
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
-    names, config, out, progress = calls["study"]
-    assert names == list(snn_adv.studies.STUDIES) and out == "o" and progress is False
+    names, config, out, progress, recompute = calls["study"]
+    assert names == list(snn_adv.studies.STUDIES) and out == "o" and progress is False and recompute is False
     expected = load_config(config_path("tiny"))  # the shipped preset, with the overrides on top
     expected["seed"], expected["models"]["ann"]["epochs"], expected["data"]["root"] = 3, 5, str(tmp_path)
     assert config == expected

@@ -484,6 +484,32 @@ def test_resumed_run_rewrites_every_output_file_byte_identically(tiny_run):
         assert (a["settings"], a["result"]) == (b["settings"], b["result"])
 
 
+def test_an_edited_result_cell_is_refused_and_recomputed_by_the_cli_flag(tiny_run, tmp_path, capsys):
+    """One outcome flipped in a finished cell (its digest kept): the rerun refuses it, naming the file, instead of
+    changing the table; ``snn-adv study --recompute`` computes that cell again and the table comes back."""
+    from snn_adv.cells import DamagedCellError
+    from snn_adv.cli import main
+
+    out, config, zoo, _ = tiny_run
+    folder = out / "eps"
+    before = (folder / "table.md").read_bytes()
+    cell = sorted((folder / "cells").glob("*.json"))[1]
+    original, record = json.loads(cell.read_text()), json.loads(cell.read_text())
+    outcomes = next(iter(record["result"]["results"].values()))["clean_correct"]
+    outcomes[0][0] = 1 - outcomes[0][0]
+    cell.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(DamagedCellError, match=rf"{cell.name}.*does not match its digest"):
+        run_study("eps", config, out, zoo=zoo, progress=False)
+    assert (folder / "table.md").read_bytes() == before
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps(config))
+    argv = ["study", "eps", "--config", str(preset), "--out", str(out), "--quiet"]
+    assert main(argv) == 2 and cell.name in capsys.readouterr().err
+    assert main(argv + ["--recompute"]) == 0
+    assert (folder / "table.md").read_bytes() == before
+    assert json.loads(cell.read_text())["result"] == original["result"]  # recomputed, the same numbers
+
+
 def test_orphan_temporary_files_are_removed_unless_another_run_is_live(tiny_run):
     import fcntl
 

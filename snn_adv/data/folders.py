@@ -10,6 +10,7 @@ an archive and its extracted tree give the same arrays.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -69,12 +70,26 @@ def _stack(items: List[Tuple[str, int, np.ndarray]], where: str) -> Arrays:
     return np.stack([item[2] for item in items]), np.asarray([item[1] for item in items], dtype=np.int64)
 
 
+def _tar_bytes(archive: Path) -> bytes:
+    """The whole decompressed tar stream of a ``.tar.gz``, read to its end so that gzip checks its CRC-32 and
+    length (``tarfile`` alone stops at the end-of-archive marker and never reads the trailer)."""
+    try:
+        return gzip.decompress(archive.read_bytes())
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"archive {str(archive)!r} is corrupt or truncated ({type(error).__name__}: {error}): copy or "
+                         "download it again") from error
+
+
 def read_archive_split(archive: Path, split: str, info: DatasetInfo) -> Arrays:
     """Decode every ``<split>/<class>/<file>`` member of a ``.tar.gz``; the label is the class's index in
-    ``info.classes``. A damaged archive or image, or an unknown class, is a ``ValueError`` naming the archive."""
+    ``info.classes``. A damaged archive or image, or an unknown class, is a ``ValueError`` naming the archive (and
+    the member): the gzip CRC and length are checked, every image is decoded in full, and everything after the last
+    member must be the tar's zero padding (``tarfile`` takes a damaged header for the end of the archive, which would
+    silently drop the members after it)."""
+    stream = _tar_bytes(archive)
     items: List[Tuple[str, int, np.ndarray]] = []
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(stream), mode="r:") as tar:
             for member in tar:
                 parts = PurePosixPath(member.name).parts
                 if not member.isfile() or len(parts) != 3 or parts[0] != split:
@@ -83,10 +98,15 @@ def read_archive_split(archive: Path, split: str, info: DatasetInfo) -> Arrays:
                     raise ValueError(f"archive {str(archive)!r}: member {member.name!r} is in class folder {parts[1]!r}, "
                                      f"not one of {', '.join(info.classes)}")
                 data = tar.extractfile(member).read()
-                items.append((member.name, info.classes.index(parts[1]), _decode(data, info, f"member {member.name!r} of archive {str(archive)!r}")))
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+                where = f"member {member.name!r} of archive {str(archive)!r}"
+                items.append((member.name, info.classes.index(parts[1]), _decode(data, info, where)))
+            end = tar.offset
+    except (tarfile.TarError, EOFError, OSError) as error:
         raise ValueError(f"archive {str(archive)!r} is corrupt or truncated ({type(error).__name__}: {error}): copy or "
                          "download it again") from error
+    if stream[end:].count(0) != len(stream) - end:
+        raise ValueError(f"archive {str(archive)!r} is corrupt: its tar stream ends at byte {end} of {len(stream)}, "
+                         "before data that is not padding (a damaged member header): copy or download it again")
     return _stack(items, f"archive {str(archive)!r} ({split}/<class>/...)")
 
 

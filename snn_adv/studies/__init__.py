@@ -54,18 +54,20 @@ def check_study_protocols(name: str, config: Mapping[str, Any]) -> None:
 
 
 def run_study(name: str, config: Mapping[str, Any], out: PathLike, *, zoo: Optional[ModelZoo] = None,
-              progress: bool = True) -> str:
-    """Run one study of ``config`` into ``out/<name>/`` (resuming finished cells); return its markdown table."""
+              progress: bool = True, recompute: bool = False) -> str:
+    """Run one study of ``config`` into ``out/<name>/`` (resuming finished cells); return its markdown table.
+    ``recompute``: recompute cells that fail verification instead of refusing them (:class:`CellStore`)."""
     check_choice("study", name, STUDIES)
     if name not in config.get("studies", {}):
         raise ValueError(f"argument 'study' = {name!r}: the config has no section studies.{name} "
                          f"(it has {sorted(config.get('studies', {}))})")
     check_study_protocols(name, config)
     with claim_output_folder(out):
-        return STUDIES[name](StudyContext(name, config, out, zoo=zoo, progress=progress))
+        return STUDIES[name](StudyContext(name, config, out, zoo=zoo, progress=progress, recompute=recompute))
 
 
-def run_studies(names: Sequence[str], config: Mapping[str, Any], out: PathLike, progress: bool = True) -> Dict[str, str]:
+def run_studies(names: Sequence[str], config: Mapping[str, Any], out: PathLike, progress: bool = True,
+                recompute: bool = False) -> Dict[str, str]:
     """Run several studies sharing one model cache (under torchrun: every rank joins, rank 0 writes)."""
     from ..distributed import init_distributed
 
@@ -77,7 +79,8 @@ def run_studies(names: Sequence[str], config: Mapping[str, Any], out: PathLike, 
     zoo = ModelZoo(config, Path(out) / "models", progress=progress and info.is_main)
     tables = {}
     for name in names:
-        tables[name] = run_study(name, config, out, zoo=zoo, progress=progress and info.is_main)
+        tables[name] = run_study(name, config, out, zoo=zoo, progress=progress and info.is_main,
+                                 recompute=recompute)
         if info.is_main:
             print(f"\n## {name}\n\n{tables[name]}", flush=True)
     return tables

@@ -88,14 +88,14 @@ class StudyContext:
     """What a study needs: its config section, the model zoo, the test images, its cell store and output folder."""
 
     def __init__(self, name: str, config: Mapping[str, Any], out: PathLike, zoo: Optional[ModelZoo] = None,
-                 progress: bool = True):
+                 progress: bool = True, recompute: bool = False):
         self.name = name
         self.config = config
         self.section = config["studies"][name]
         self.out = Path(out) / name
         self.progress = progress
         self.zoo = zoo or ModelZoo(config, Path(out) / "models", progress=progress)
-        self.store = CellStore(self.out)
+        self.store = CellStore(self.out, recompute=recompute)
         self.eval_seeds = list(config["eval_seeds"])
         self.batch_size = int(config["eval_batch_size"])
         #: each target's clean outcomes, paid in its first cell and reused by the others (identical numbers)
