@@ -107,6 +107,7 @@ def save(model: ImageClassifier, path: PathLike, **metadata: Any) -> Path:
             "readout": model.readout,
             "backend": getattr(neurons[0], "backend", "torch") if neurons else "torch",
             "time_chunk": model.time_chunk,
+            "lean": model.lean,
         }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -254,6 +255,7 @@ def _rebuild(payload: Dict[str, Any], body: Optional[nn.Module], backend: Option
             set_thresholds(model.body, snn["thresholds"])
     if snn is not None:
         model.time_chunk = snn.get("time_chunk")
+        model.lean = snn.get("lean")
         nodes = [n for n in model.neurons() if isinstance(n, LeakyLIFNode)]
         learnable = snn.get("learnable_leaks", [False] * len(nodes))
         if len(nodes) != len(snn["leaks"]):

@@ -347,11 +347,13 @@ SCHEMA = Section({
     "seed": INT,
     "eval_seeds": ListOf(INT, unique=True),
     "eval_batch_size": POSITIVE_INT,
+    "device": Value("str", choices=("auto", "cpu", "cuda")),
     "data": Section({"dataset": DatasetValue(), "root": Value("str", nullable=True),
                      "train_count": COUNT, "test_count": COUNT, "subset_seed": INT}, required=("dataset",)),
     "models": Section({
         "arch": Value("str", choices=_architectures),
         "arch_kwargs": OBJECT,
+        "backend": Value("str", choices=("torch", "cupy", "auto")),
         "seeds": Section({"main": INT, "source": INT}, required=("main", "source")),
         "ann": Section({**_TRAINING, "train_count": COUNT}, required=("epochs", "lr", "batch_size")),
         "snn_conv": Section({"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),

@@ -7,7 +7,10 @@ A config's ``models`` section holds one recipe per kind (see ``snn_adv/configs/*
     snn_bp    timesteps, leak, threshold_scale, epochs, lr, batch_size, train_count, [micro_batch]  from: SNN-conv
 
 ``ModelZoo.get(kind, role)`` returns the trained model of ``kind`` in ``role`` ``main`` (the targets) or ``source``
-(the blackbox sources, trained alike with another seed). The full recipe of a model (its section, the architecture,
+(the blackbox sources, trained alike with another seed). The config's ``device`` (``auto``: CUDA when there is one)
+is where models are trained and evaluated, and ``models.backend`` the spiking neurons' (``torch``, the default;
+``cupy``, SpikingJelly's CUDA kernels; ``auto``: CuPy where it can run): neither is part of a recipe, like the
+hardware, and a cell's provenance records the device. The full recipe of a model (its section, the architecture,
 the role's seed, the config ``seed``, the training data as a content fingerprint with its subset seed and size, and
 the recipe it starts from) is its key: a checkpoint is reused only for exactly that recipe, so changing any input
 that can change the weights trains a new model.
@@ -21,6 +24,7 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 from torch.utils.data import Dataset
@@ -35,11 +39,12 @@ from .distributed import dist_info, distributed_loader, wrap_ddp
 from .encoding import PoissonEncoder
 from .io import PathLike
 from .models import build_classifier
+from .neurons import cupy_available
 from .seeds import derive_seed
 from .training import seed_everything, train
 from .validation import check_choice
 
-__all__ = ["KINDS", "LABELS", "ROLES", "ModelZoo", "apply_knobs", "data_recipe", "reset"]
+__all__ = ["KINDS", "LABELS", "ROLES", "ModelZoo", "apply_knobs", "data_recipe", "reset", "resolve_device"]
 
 KINDS = ("ann", "snn_conv", "snn_bp")
 LABELS = {"ann": "ANN", "snn_conv": "SNN-conv", "snn_bp": "SNN-BP"}
@@ -101,21 +106,21 @@ def _fit(model: ImageClassifier, recipe: Mapping[str, Any], data: Mapping[str, A
 
 
 def _train_ann(recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int, progress: bool,
-               checkpoint: Path) -> AnnClassifier:
-    """A freshly initialised ANN of ``recipe['arch']`` trained with SGD (or the recipe's optimizer)."""
-    model = build_classifier(recipe["arch"], data["dataset"], "ann", **recipe.get("arch_kwargs", {}))
+               checkpoint: Path, device: torch.device) -> AnnClassifier:
+    """A freshly initialised ANN of ``recipe['arch']`` trained on ``device`` with SGD (or the recipe's optimizer)."""
+    model = build_classifier(recipe["arch"], data["dataset"], "ann", **recipe.get("arch_kwargs", {})).to(device)
     _fit(model, recipe, data, seed, progress, checkpoint)
     return model
 
 
 def _convert(ann: AnnClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
-             progress: bool) -> SpikingClassifier:
+             progress: bool, backend: str) -> SpikingClassifier:
     """SNN-conv: threshold balancing on ``calibration_count`` training images (:func:`snn_adv.conversion.convert`)."""
     loader = make_loader(data["dataset"], "train", batch_size=recipe.get("calibration_batch_size", 100),
                          root=data.get("root"), subset=recipe["calibration_count"], shuffle=False,
                          seed=data.get("subset_seed", 0))
     return convert_ann(ann, loader, recipe["timesteps"], method=recipe.get("method", "threshold-balancing"),
-                       percentile=recipe.get("percentile", 99.9), seed=seed, progress=progress)
+                       percentile=recipe.get("percentile", 99.9), seed=seed, backend=backend, progress=progress)
 
 
 def _finetune(snn_conv: SpikingClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
@@ -127,6 +132,23 @@ def _finetune(snn_conv: SpikingClassifier, recipe: Mapping[str, Any], data: Mapp
     return model
 
 
+def resolve_device(device: str = "auto", backend: str = "torch") -> Tuple[torch.device, str]:
+    """The config's ``device`` and ``models.backend`` as they will run here: ``auto`` devices are CUDA when one is
+    present, ``auto`` backends CuPy when it can run (CuPy importable, the device CUDA); an explicit request that
+    cannot be met is refused now, not at the first forward."""
+    check_choice("device", device, ("auto", "cpu", "cuda"))
+    check_choice("models.backend", backend, ("torch", "cupy", "auto"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'device' = 'cuda': no CUDA device here (use 'auto' or 'cpu')")
+    resolved = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    can_cupy = resolved.type == "cuda" and cupy_available()
+    if backend == "cupy" and not can_cupy:
+        raise ValueError("config key 'models.backend' = 'cupy': needs CuPy and the CUDA device (device "
+                         f"{resolved.type} here{'' if resolved.type == 'cpu' else ', CuPy not importable'}); use "
+                         "'auto' or 'torch'")
+    return resolved, "cupy" if backend == "cupy" or (backend == "auto" and can_cupy) else "torch"
+
+
 # ---------------------------------------------------------------- the zoo
 class ModelZoo:
     """The trained models of a config, built on first use and cached as checkpoints (keyed by their recipe)."""
@@ -135,6 +157,7 @@ class ModelZoo:
         self.config = config
         self.cache_dir = Path(cache_dir)
         self.progress = progress
+        self.device, self.backend = resolve_device(config.get("device", "auto"), config["models"].get("backend", "torch"))
         self._memo: Dict[Tuple[str, str, str], ImageClassifier] = {}
         self._data_recipe: Optional[Dict[str, Any]] = None
 
@@ -174,7 +197,7 @@ class ModelZoo:
             return self._memo[memo]
         path = self.path(kind, role, **overrides)
         if path.is_file():
-            model = checkpoints.load(path)
+            model = checkpoints.load(path, map_location=self.device, backend=self.backend)
         else:
             recipe = self.recipe(kind, role, **overrides)
             seed = derive_seed(self.config["seed"], cell_key(recipe))
@@ -182,9 +205,9 @@ class ModelZoo:
             data = self.config["data"]
             partial = path.with_name(path.name + ".partial")  # the training state after each epoch
             if kind == "ann":
-                model = _train_ann(recipe, data, seed, self.progress, partial)
+                model = _train_ann(recipe, data, seed, self.progress, partial, self.device)
             elif kind == "snn_conv":
-                model = _convert(reset(self.get("ann", role)), recipe, data, seed, self.progress)
+                model = _convert(reset(self.get("ann", role)), recipe, data, seed, self.progress, self.backend)
             else:
                 model = _finetune(reset(self.get("snn_conv", role)), recipe, data, seed, self.progress, partial)
             if dist_info().is_main:

@@ -30,6 +30,7 @@ def _same_outputs(a, b, x):
 def _models(pair):
     hybrid = hybrid_init(pair.snn, timesteps=5)
     hybrid.encoder = PoissonEncoder(rate=0.8, levels=16, seed=3)
+    hybrid.lean, hybrid.time_chunk = False, 2
     return {"ann": pair.ann, "snn-conv": pair.snn, "snn-bp": hybrid,
             "resnet20-snn": build_classifier("resnet20", "fashion-mnist", kind="snn", timesteps=2, leak=0.95, width=4),
             "vgg5-ann": build_classifier("vgg5", "cifar10")}
@@ -49,6 +50,7 @@ def test_round_trip_of_every_kind(trained_pair, tmp_path, name):
         assert get_thresholds(loaded.body) == get_thresholds(model.body)
         assert [n.leak for n in loaded.neurons()] == [n.leak for n in model.neurons()]
         assert loaded.timesteps == model.timesteps and loaded.encoder.settings() == model.encoder.settings()
+        assert (loaded.lean, loaded.time_chunk) == (model.lean, model.time_chunk)
     header = checkpoints.read_header(path)
     assert header["kind"] == model.kind and header["package_version"] == __version__ and "state_dict" not in header
 

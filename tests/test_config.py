@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from snn_adv.config import ConfigError, check_output_dir, load_config, merge, parse_overrides, validate_config
+from snn_adv.configs import config_path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "snn_adv" / "configs"
 TINY = CONFIGS / "tiny.json"
@@ -138,3 +139,27 @@ def test_a_timesteps_that_cannot_fit_in_memory_is_refused_at_load(tmp_path):
     assert [p.split(":")[0] for p in error.value.problems] == [
         "config key 'models.snn_conv.timesteps' = 1000000000000", "config key 'studies.timesteps.timesteps[1]' = 10000000000000"]
     assert "alone needs" in error.value.problems[0]
+
+
+def test_device_and_backend_resolve_to_what_runs_here_or_are_refused(monkeypatch):
+    """``device`` / ``models.backend``: ``auto`` follows the machine; a request it cannot meet is refused up front."""
+    import torch
+
+    import snn_adv.zoo as zoo
+
+    config = load_config(config_path("tiny"), {"device": "cpu", "models": {"backend": "auto"}})
+    assert (config["device"], config["models"]["backend"]) == ("cpu", "auto")
+    with pytest.raises(ConfigError, match="models.backend"):
+        load_config(config_path("tiny"), {"models": {"backend": "triton"}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert zoo.resolve_device("auto", "auto") == (torch.device("cpu"), "torch")
+    with pytest.raises(ValueError, match="'device' = 'cuda': no CUDA device here"):
+        zoo.resolve_device("cuda")
+    with pytest.raises(ValueError, match="'models.backend' = 'cupy': needs CuPy and the CUDA device"):
+        zoo.resolve_device("auto", "cupy")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, with and without CuPy
+    for cupy, backend in ((True, "cupy"), (False, "torch")):
+        monkeypatch.setattr(zoo, "cupy_available", lambda cupy=cupy: cupy)
+        assert zoo.resolve_device("auto", "auto") == (torch.device("cuda"), backend)
+        assert zoo.resolve_device("cpu", "auto") == (torch.device("cpu"), "torch")
+    assert zoo.ModelZoo(config, "unused").backend == "torch"  # device cpu: backend auto is the torch one

@@ -16,8 +16,8 @@ from PIL import Image
 
 import snn_adv.data.folders as folders
 from snn_adv import checkpoints
-from snn_adv.data import (CIFAR10_CLASSES, dataset_fingerprint, dataset_info, image_folder, load_dataset, load_tensors,
-                          make_loader)
+from snn_adv.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, dataset_fingerprint, dataset_info, image_folder,
+                          load_dataset, load_tensors, locate, make_loader)
 from snn_adv.models import build_classifier
 from test_data import assert_crop_flip_augmentation, make_fake_cifar10, make_idx_dir, no_cifar_md5  # noqa: F401 (fixture)
 
@@ -309,6 +309,21 @@ def test_fingerprint_of_idx_bundled_and_torchvision_sources(tmp_path, no_cifar_m
     assert fingerprints[0] == fingerprints[1] != fingerprints[2]
     with pytest.raises(FileNotFoundError, match=r"'cifar100' not found .*cifar-100-python.*download=True"):
         dataset_fingerprint("cifar100", tmp_path / "d")
+
+
+def test_cifar100_from_an_image_folder_copy_where_torchvision_cannot_download(tmp_path):
+    """A machine without internet: CIFAR-100 as an ImageFolder copy (fine-label folders) gives PIL's pixels and the
+    labels of CIFAR-100's own order; a torchvision folder beside it wins; the missing-data message names both."""
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*ImageFolder copy train/<class>.*download=True"):
+        load_tensors("cifar100", "test", root=tmp_path / "nothing")
+    write_tree(tmp_path / "cifar100", CIFAR100_CLASSES, {"train": 1, "test": 1}, fmt="PNG")
+    for root in (tmp_path, tmp_path / "cifar100"):
+        x, y = load_tensors("cifar100", "test", root=root)
+        want_x, want_y = reference(tmp_path / "cifar100", "test", CIFAR100_CLASSES)
+        assert torch.equal(x, want_x) and torch.equal(y, want_y) and y.tolist() == list(range(100))
+    assert CIFAR100_CLASSES[:3] == ("apple", "aquarium_fish", "baby") and CIFAR100_CLASSES[-1] == "worm"
+    (tmp_path / "cifar100" / "cifar-100-python").mkdir()  # torchvision's layout is preferred where present
+    assert locate(dataset_info("cifar100"), tmp_path / "cifar100").kind == "torchvision"
 
 
 @pytest.mark.skipif(SHARED_JPEG is None, reason="CIFAR-10 (JPEG copy) not available")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer
 
-from snn_adv.classifier import SpikingClassifier
+from snn_adv.classifier import LEAN_ABOVE_TIMESTEPS, LEAN_TIME_CHUNK, SpikingClassifier
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.models import recompute_currents, spiking_twin, vgg5
 from snn_adv.models.spiking import Conv2d, Linear, compact_spikes, unpack_spikes
@@ -127,6 +127,40 @@ def test_recomputed_currents_give_the_same_gradients_and_keep_no_float_current(t
     assert torch.equal(logits_kept, logits_re)
     assert len(grads_kept) == (7 if train else 1) and all(torch.equal(a, b) for a, b in zip(grads_kept, grads_re))
     assert float_kept > 0 and float_re == 0
+
+
+@pytest.mark.parametrize("timesteps,lean,expect_lean", [
+    (LEAN_ABOVE_TIMESTEPS, None, False), (LEAN_ABOVE_TIMESTEPS + 1, None, True),
+    (LEAN_ABOVE_TIMESTEPS + 1, False, False), (4, True, True)])
+def test_long_t_runs_lean_by_default_with_the_same_gradients(monkeypatch, timesteps, lean, expect_lean):
+    """Above LEAN_ABOVE_TIMESTEPS (``lean=None``) a forward recomputes currents (no float current saved by the
+    neurons) and runs LEAN_TIME_CHUNK timesteps at a time; ``lean`` forces either way. Logits and the input gradient
+    are those of the plain forward (up to the chunks' float rounding), and a layer's own setting comes back after."""
+    ann = vgg5(in_channels=3, num_classes=10, input_size=8)
+    body = spiking_twin(ann, leak=0.99)
+    snn = SpikingClassifier(body, PoissonEncoder(seed=0), timesteps=timesteps, lean=lean).eval().requires_grad_(False)
+    calls = []
+    monkeypatch.setattr(body, "forward", lambda x, forward=body.forward: calls.append(len(x)) or forward(x))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    results = []
+    for forced in (lean, False):
+        snn.lean, calls[:] = forced, []
+        snn.encoder.manual_seed(3)
+        logits = snn(x)
+        float_saved = sum(t.numel() for t in saved_by_neurons(logits)  # currents [chunk, N, ...]
+                          if t.is_floating_point() and t.ndim > 2 and t.shape[:2] in {(c, 2) for c in calls})
+        results.append((logits.detach(), torch.autograd.grad(logits.logsumexp(1).sum(), x)[0], float_saved, list(calls)))
+    (logits, grad, float_saved, chunks), (plain_logits, plain_grad, plain_saved, plain_chunks) = results
+    assert snn.runs_lean is False and plain_chunks == [timesteps] and plain_saved > 0
+    if expect_lean:
+        full, rest = divmod(timesteps, LEAN_TIME_CHUNK)
+        assert chunks == [LEAN_TIME_CHUNK] * full + [rest] * bool(rest)
+        assert float_saved == 0
+    else:
+        assert chunks == [timesteps] and float_saved == plain_saved
+    torch.testing.assert_close(logits, plain_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, plain_grad, atol=1e-6, rtol=1e-4)
+    assert not any(getattr(m, "recompute_output", False) for m in body.modules())  # the layers' own setting is back
 
 
 def test_a_current_changed_in_place_is_kept_not_recomputed():

@@ -22,6 +22,7 @@ from ..validation import check_choice, check_positive, check_positive_int
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
     "DATASETS",
     "IMAGE_FOLDER",
     "DatasetInfo",
@@ -38,6 +39,17 @@ IMAGE_FOLDER = "imagefolder"
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: CIFAR-100's fine labels in label order (alphabetical, as in the dataset's meta file and torchvision)
+CIFAR100_CLASSES = ("apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
+    "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
+    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse",
+    "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain",
+    "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower",
+    "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip",
+    "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ DATASETS: Dict[str, DatasetInfo] = {
     for info in (
         _info("cifar10", 3, 32, CIFAR10_CLASSES, augment=True, flip=True),
         _info("cifar10-jpeg", 3, 32, CIFAR10_CLASSES, augment=True, flip=True),
-        _info("cifar100", 3, 32, tuple(f"class{i}" for i in range(100)), augment=True, flip=True),
+        _info("cifar100", 3, 32, CIFAR100_CLASSES, augment=True, flip=True),
         _info("fashion-mnist", 1, 28, FASHION_CLASSES),
         _info("fashion-mnist-bundled", 1, 28, FASHION_CLASSES),
         _info("mnist", 1, 28, tuple(str(i) for i in range(10))),
@@ -202,7 +214,9 @@ _IDX_LAYOUT = ("four idx files train-images-idx3-ubyte.gz, train-labels-idx1-uby
 #: name -> (layout of the folder the user provides, whether torchvision can download it)
 _LAYOUTS: Dict[str, Tuple[str, bool]] = {
     "cifar10": ("the extracted folder 'cifar-10-batches-py/' of cifar-10-python.tar.gz", True),
-    "cifar100": ("the extracted folder 'cifar-100-python/' of cifar-100-python.tar.gz", True),
+    "cifar100": ("the extracted folder 'cifar-100-python/' of cifar-100-python.tar.gz, or an ImageFolder copy "
+                 "train/<class>/<image> and test/<class>/<image> whose 100 class folders are the fine-label names "
+                 "(apple, aquarium_fish, ..., worm)", True),
     "cifar10-jpeg": ("cifar10-jpeg-train.tar.gz, cifar10-jpeg-test.tar.gz and their SHA256SUMS, or their extracted "
                      "trees train/<class>/*.jpg and test/<class>/*.jpg", False),
     "fashion-mnist": (_IDX_LAYOUT, True),

@@ -7,6 +7,8 @@ Search order (first hit wins)::
     mnist, fashion-mnist                DIR or DIR/<name> holding the four idx files (SHA256SUMS checked if present)
     cifar10-jpeg                        DIR or DIR/<name> holding cifar10-jpeg-{train,test}.tar.gz + SHA256SUMS,
                                         else the extracted trees DIR[/<name>]/{train,test}/<class>/*.jpg
+    cifar100                            torchvision's cifar-100-python/ under DIR, else an ImageFolder copy
+                                        DIR[/<name>]/{train,test}/<fine label>/* (for machines without internet)
     imagefolder                         DIR/train/<class>/*, DIR/test/<class>/* (or DIR/val/...)
     otherwise                           torchvision's own layout under DIR (download=True fetches it)
 
@@ -127,11 +129,12 @@ def locate(info: DatasetInfo, root: Optional[PathLike] = None) -> Source:
     for directory in _candidates(name, root):
         if name in ("mnist", "fashion-mnist") and all(_idx_file(directory, s) for stems in IDX_FILES.values() for s in stems):
             return Source("idx", directory)
-        if name == "cifar10-jpeg":
-            if all((directory / archive).is_file() for archive in JPEG_ARCHIVES.values()):
-                return Source("jpeg-archives", directory)
-            if all(split_folder(directory, split) for split in SPLITS):
-                return Source("image-tree", directory)
+        if name == "cifar10-jpeg" and all((directory / archive).is_file() for archive in JPEG_ARCHIVES.values()):
+            return Source("jpeg-archives", directory)
+        if name == "cifar100" and (directory / "cifar-100-python").is_dir():
+            break  # torchvision's own layout comes first
+        if name in ("cifar10-jpeg", "cifar100") and all(split_folder(directory, split) for split in SPLITS):
+            return Source("image-tree", directory)
     if name == "cifar10-jpeg":
         raise FileNotFoundError(where_to_put(name, None if root is None else Path(root)))
     return Source("torchvision", Path(root) if root is not None else default_data_root())
