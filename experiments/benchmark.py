@@ -3,8 +3,10 @@
 For VGG5 on 3x32x32 images, one process, interleaved repeats (medians), weights not requiring grad:
 
 * ``ours``:  :class:`~snn_adv.classifier.SpikingClassifier` with :class:`~snn_adv.neurons.LeakyLIFNode`
-  (torch backend; on CUDA also the CuPy backend), in ``eval()`` as attacks run it; ``ours_torch_recompute``: the
-  same with :func:`~snn_adv.models.recompute_currents` (input currents recomputed in the backward);
+  (torch backend; on CUDA also the CuPy backend), in ``eval()`` as attacks run it, with its defaults (lean above
+  ``LEAN_ABOVE_TIMESTEPS``); against the explicit settings, all with ``lean=False``: ``ours_torch_plain`` (nothing
+  recomputed, all T at once), ``ours_torch_recompute`` (:func:`~snn_adv.models.recompute_currents`: input currents
+  recomputed in the backward) and ``ours_torch_chunk<c>`` (``--time-chunks``);
 * ``stock``: the same network with SpikingJelly's stock ``LIFNode`` and layers (multistep, torch backend; its
   neurons in ``train()``, since their ``eval()`` path has no gradient);
 * ``ann``:   T times one ANN attack step of the same body.
@@ -65,14 +67,16 @@ def build_models(device: torch.device, timesteps: int, time_chunks: Sequence[int
     for backend in _backends(device):
         body = spiking_twin(ann, neuron_factory=lambda: LeakyLIFNode(LEAK, V_TH, PiecewiseLinear(), backend=backend))
         models[f"ours_{backend}"] = SpikingClassifier(body, PoissonEncoder(seed=0), timesteps, **norm).to(device).eval()
-        if backend == "torch":
+        if backend == "torch":  # the default (lean above LEAN_ABOVE_TIMESTEPS) against each explicit setting
+            models["ours_torch_plain"] = SpikingClassifier(body, PoissonEncoder(seed=0), timesteps, lean=False,
+                                                           **norm).to(device).eval()
             for chunk in time_chunks:
                 models[f"ours_torch_chunk{chunk}"] = SpikingClassifier(
-                    body, PoissonEncoder(seed=0), timesteps, time_chunk=chunk, **norm).to(device).eval()
+                    body, PoissonEncoder(seed=0), timesteps, time_chunk=chunk, lean=False, **norm).to(device).eval()
             recomputing = recompute_currents(spiking_twin(ann, neuron_factory=lambda: LeakyLIFNode(
                 LEAK, V_TH, PiecewiseLinear(), backend=backend)))
             models["ours_torch_recompute"] = SpikingClassifier(recomputing, PoissonEncoder(seed=0), timesteps,
-                                                               **norm).to(device).eval()
+                                                               lean=False, **norm).to(device).eval()
     stock = spiking_twin(ann, neuron_factory=lambda: neuron.LIFNode(
         tau=1.0 / (1.0 - LEAK), decay_input=False, v_threshold=V_TH, v_reset=None,
         surrogate_function=PiecewiseLinear(), step_mode="m", backend="torch"))
@@ -202,8 +206,9 @@ def memory_rows(device: torch.device, timesteps: int = 100, batch: int = 32, tim
     import multiprocessing
 
     out: Dict = {"T": timesteps, "batch": batch, "time_chunk": time_chunk}
-    ours = ["ours_torch", "ours_torch_recompute"]
-    names = ["ann", *ours, *(f"{n}_chunked" for n in ours), *(f"ours_{b}" for b in _backends(device)[1:]), "stock"]
+    explicit = ["ours_torch_plain", "ours_torch_recompute"]  # ours_torch: the default (lean at long T)
+    names = ["ann", "ours_torch", *explicit, *(f"{n}_chunked" for n in explicit),
+             *(f"ours_{b}" for b in _backends(device)[1:]), "stock"]
     context = multiprocessing.get_context("spawn")
     for name in tqdm(names, desc=f"memory T={timesteps}", file=sys.stderr):
         with context.Pool(1) as pool:
