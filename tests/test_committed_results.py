@@ -26,11 +26,7 @@ PRESETS = {"cpu": ("cpu", "fashion-mnist"), "cifar10_cpu": ("cifar10_cpu", "cifa
 
 #: cells known to break the provenance rules, each waiting for its recomputation (the entry goes once it lands;
 #: strict, so a fixed cell that is still listed fails)
-PENDING = {
-    "cpu/robustness/cells/6c0ee69b4794e700.json": "its ANN evaluation records 9b735ac-dirty; retrained models differ "
-                                                  "from the run's, so only a recomputation of the whole study fits",
-    "cpu/robustness/cells/94faff2f30e8c750.json": "records a27b829 outside, 55f3c41 inside; as above",
-}
+PENDING = {}
 
 
 def _cell_id(path):
