@@ -26,8 +26,8 @@ __all__ = ["ImageClassifier", "AnnClassifier", "SpikingClassifier", "LEAN_ABOVE_
 #: 2.5 GB target is crossed near T = 54): the largest power of two below that crossing, leaving room for larger
 #: batches, and above every T of the 2-core presets (<= 24), whose speed and numbers it leaves as they were.
 LEAN_ABOVE_TIMESTEPS = 32
-#: the timesteps per chunk of a lean forward when ``time_chunk`` is unset (measured at T = 100: peak 1.72 GiB with
-#: currents recomputed, against 3.37 GiB unchunked: the first layer's backward transients shrink tenfold)
+#: the timesteps per chunk of a lean forward when ``time_chunk`` is unset (measured at T = 100, batch 32: 1664 MiB
+#: with currents recomputed, against 3361 MiB unchunked: the first layer's backward transients shrink tenfold)
 LEAN_TIME_CHUNK = 10
 
 
@@ -105,7 +105,8 @@ class SpikingClassifier(ImageClassifier):
     forward runs as :func:`snn_adv.models.recompute_currents` would (each neuron fed by a spiking Conv2d/Linear layer
     recomputes its input current in the backward: bit for bit the same gradients) and, unless ``time_chunk`` is set,
     :data:`LEAN_TIME_CHUNK` timesteps at a time (the same computation up to float rounding). Measured on CPU (VGG5,
-    batch 32, one BPTT step at T = 100, whole process): 3.66 GiB by default before, 1.72 GiB lean. ``lean=True`` /
+    batch 32, one BPTT step at T = 100, whole process): 3688 MiB with ``lean=False``, 1776 MiB lean (the
+    benchmark, ``experiments/results/cpu_benchmark/``). ``lean=True`` /
     ``False`` force either way; at T <= :data:`LEAN_ABOVE_TIMESTEPS` nothing changes (recomputing costs 1.34x /
     1.58x of T ANN steps at T = 8 / 16 against 0.98x / 1.10x).
 

@@ -76,7 +76,11 @@ def dist_info() -> DistInfo:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group. Every rank waits at a barrier first: a gloo rank that destroys the group while
+    another still finishes its last collective aborts ("terminate called without an active exception"), which
+    happened here under load."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
