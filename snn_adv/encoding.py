@@ -153,12 +153,35 @@ def stochastic_encoders(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if getattr(m, "stochastic", False) is True and hasattr(m, "manual_seed")]
 
 
-def is_stochastic(model: nn.Module) -> bool:
-    """Whether ``model``'s forward is random: it holds a Poisson encoder (ours or SpikingJelly's) that is not
-    under :func:`fixed_noise`. A random model needs EOT attacks and AutoAttack's ``version='rand'``."""
+def is_stochastic(model: nn.Module, images: Optional[torch.Tensor] = None) -> bool:
+    """Whether ``model``'s forward is random: it holds a Poisson encoder (ours or SpikingJelly's) that is not under
+    :func:`fixed_noise`, or, tried, two forwards of the same images differ (a noise defence, another framework's
+    encoder such as snnTorch's ``spikegen.rate``). The images tried are ``images``, else two random ones of the
+    model's declared input shape (``in_channels``, ``input_size``; a model that declares none is not tried); the
+    forwards run in ``eval()`` without gradients, and torch's RNG and the modules' modes are restored. A random
+    model needs EOT attacks and AutoAttack's ``version='rand'``."""
     stock = _stock_poisson_types()
-    return any(isinstance(m, stock) for m in model.modules()) or any(
-        m.fixed_seed is None for m in stochastic_encoders(model))
+    if any(isinstance(m, stock) for m in model.modules()) or any(
+            m.fixed_seed is None for m in stochastic_encoders(model)):
+        return True
+    images = images if images is not None else _probe_images(model)
+    if images is None:
+        return False
+    from .attacks.base import preserved_modes  # the attack layer builds on this module
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[images.device] if images.is_cuda else []), \
+            preserved_modes(model, training=False):
+        return not torch.equal(model(images), model(images))
+
+
+def _probe_images(model: nn.Module) -> Optional[torch.Tensor]:
+    """Two seeded random images in [0, 1] of ``model``'s declared input shape, on its device (None if undeclared)."""
+    channels, size = getattr(model, "in_channels", None), getattr(model, "input_size", None)
+    if channels is None or size is None:
+        return None
+    parameter = next(iter(model.parameters()), None)
+    images = torch.rand(2, channels, *size, generator=torch.Generator().manual_seed(0))
+    return images if parameter is None else images.to(parameter.device)
 
 
 def fixed_noise_seed(model: nn.Module) -> Optional[int]:

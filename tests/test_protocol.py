@@ -26,6 +26,33 @@ def test_is_stochastic_knows_poisson_encoders(snn, ann):
             pass
 
 
+class BernoulliRate(nn.Module):
+    """A rate encoder as snnTorch writes it (``spikegen.rate``: ``torch.bernoulli``), in no class snn-adv knows."""
+
+    def forward(self, x):
+        return torch.bernoulli(x)
+
+
+def test_is_stochastic_tries_two_forwards_when_no_known_encoder_says_so(ann):
+    """A model random by a foreign encoder is found by trying (on given images, or on a probe of its declared
+    shape), and AutoAttack 'standard' is refused on it; deterministic models stay deterministic; the probe leaves
+    torch's RNG and the modules' modes as they were."""
+    from snn_adv.classifier import AnnClassifier
+
+    foreign = AnnClassifier(nn.Sequential(BernoulliRate(), nn.Flatten(), nn.Linear(28 * 28, 10)), mean=(0.0,), std=(1.0,),
+                            in_channels=1, input_size=(28, 28)).train()
+    images = torch.rand(3, 1, 28, 28)
+    rng = torch.get_rng_state()
+    assert is_stochastic(foreign) and is_stochastic(foreign, images)
+    assert torch.equal(torch.get_rng_state(), rng) and foreign.training
+    autoattack = {"name": "torchattacks", "class": "AutoAttack", "kwargs": {"version": "standard"}}
+    with pytest.raises(ValueError, match="version='rand'"):
+        check_attack_protocol(autoattack, foreign)
+    assert not is_stochastic(ann) and not is_stochastic(ann, torch.rand(3, 1, 28, 28))
+    undeclared = nn.Sequential(BernoulliRate(), nn.Flatten())  # no declared shape and no images: not tried
+    assert not is_stochastic(undeclared) and is_stochastic(undeclared, torch.rand(2, 1, 4, 4))
+
+
 def test_fixed_noise_gives_one_draw_for_every_forward(snn, data):
     x = data[0][:8]
     with torch.no_grad():

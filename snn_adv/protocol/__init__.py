@@ -10,7 +10,7 @@ runs self-checks that can fail, and returns a :class:`ProtocolReport` with one h
 """
 from .battery import CERTIFICATE, LARGE_EPS, VERSIONS, Stage, battery_digest, stages_of
 from .report import ProtocolReport, StageRecord
-from .run import behaves_randomly, gradient_scale, robust_accuracy
+from .run import gradient_scale, robust_accuracy
 
 __all__ = ["CERTIFICATE", "LARGE_EPS", "ProtocolReport", "Stage", "StageRecord", "VERSIONS", "battery_digest",
-           "behaves_randomly", "gradient_scale", "robust_accuracy", "stages_of"]
+           "gradient_scale", "robust_accuracy", "stages_of"]

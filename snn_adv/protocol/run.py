@@ -37,7 +37,7 @@ from ..validation import check_classifier, check_fraction, check_positive_int
 from .battery import CERTIFICATE, LARGE_EPS, VANISHING_RATIO, Stage, battery_digest, large_eps_attack, stages_of
 from .report import ProtocolReport, StageRecord
 
-__all__ = ["CostMeter", "behaves_randomly", "gradient_scale", "robust_accuracy"]
+__all__ = ["CostMeter", "gradient_scale", "robust_accuracy"]
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, torch.Tensor]]]
 
@@ -45,15 +45,6 @@ Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, tor
 # --------------------------------------------------------------------------------------------------------------
 # Probes
 # --------------------------------------------------------------------------------------------------------------
-def behaves_randomly(model: nn.Module, images: torch.Tensor) -> bool:
-    """Whether ``model`` is random: a Poisson encoder (:func:`~snn_adv.encoding.is_stochastic`), or two forwards of
-    the same images that differ (a noise defence, another framework's encoder). Torch's RNG is restored."""
-    if is_stochastic(model):
-        return True
-    with torch.no_grad(), torch.random.fork_rng(), preserved_modes(model, training=False):
-        return not torch.equal(model(images), model(images))
-
-
 def gradient_scale(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
                    seed: int = 0) -> np.ndarray:
     r"""Per clean-correct image, ``eps * |d margin / dx|_1 / margin`` under the model's own gradient (one draw,
@@ -246,7 +237,7 @@ def robust_accuracy(
     images, labels = _tensors(data)
     n = len(images)
     device = torch.device(device) if device is not None else next(iter(model.parameters()), torch.empty(0)).device
-    random = behaves_randomly(model, images[: min(8, n)].to(device))
+    random = is_stochastic(model, images[: min(8, n)].to(device))
     seeds = list(scoring_seeds)
     memo = CleanMemo()
     store = _StageStore(None if out is None else Path(out))
@@ -304,7 +295,7 @@ def robust_accuracy(
         if reason is not None:
             records.append(StageRecord.not_applicable(stage, reason, _with_outcome(clean, robust, stage.name)))
             continue
-        stage_random = random if crafting is model else behaves_randomly(crafting, images[: min(8, n)].to(device))
+        stage_random = random if crafting is model else is_stochastic(crafting, images[: min(8, n)].to(device))
         record, result, examples = run_stage(position, stage.name,
                                              lambda: stage.build(crafting, eps, stage_random), crafting,
                                              robust.any(1), stage.name)
@@ -325,7 +316,7 @@ def robust_accuracy(
     if ran:
         strongest = max(ran, key=lambda item: item[:2])[2]
         crafting = sources[strongest.name[len("transfer["):-1]] if strongest.transfer else model
-        stage_random = random if crafting is model else behaves_randomly(crafting, images[: min(8, n)].to(device))
+        stage_random = random if crafting is model else is_stochastic(crafting, images[: min(8, n)].to(device))
         record, result, examples = run_stage(
             len(stages) + 1, "certificate",
             lambda: strongest.build(crafting, eps, stage_random, CERTIFICATE["effort"], CERTIFICATE["restarts"]),
