@@ -341,19 +341,23 @@ def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[st
             problems.append(str(error).replace("argument ", "config key ", 1))
 
 
+#: where models run (``device``) and on which spiking backend (``models.backend``): :func:`snn_adv.zoo.resolve_device`
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("torch", "cupy", "auto")
+
 SCHEMA = Section({
     "preset": TEXT,
     "description": TEXT,
     "seed": INT,
     "eval_seeds": ListOf(INT, unique=True),
     "eval_batch_size": POSITIVE_INT,
-    "device": Value("str", choices=("auto", "cpu", "cuda")),
+    "device": Value("str", choices=DEVICES),
     "data": Section({"dataset": DatasetValue(), "root": Value("str", nullable=True),
                      "train_count": COUNT, "test_count": COUNT, "subset_seed": INT}, required=("dataset",)),
     "models": Section({
         "arch": Value("str", choices=_architectures),
         "arch_kwargs": OBJECT,
-        "backend": Value("str", choices=("torch", "cupy", "auto")),
+        "backend": Value("str", choices=BACKENDS),
         "seeds": Section({"main": INT, "source": INT}, required=("main", "source")),
         "ann": Section({**_TRAINING, "train_count": COUNT}, required=("epochs", "lr", "batch_size")),
         "snn_conv": Section({"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from . import checkpoints
 from .cells import cell_key
 from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier
+from .config import BACKENDS, DEVICES
 from .conversion import convert as convert_ann, hybrid_init
 from .data import make_loader
 from .data.fingerprint import dataset_fingerprint
@@ -136,8 +137,8 @@ def resolve_device(device: str = "auto", backend: str = "torch") -> Tuple[torch.
     """The config's ``device`` and ``models.backend`` as they will run here: ``auto`` devices are CUDA when one is
     present, ``auto`` backends CuPy when it can run (CuPy importable, the device CUDA); an explicit request that
     cannot be met is refused now, not at the first forward."""
-    check_choice("device", device, ("auto", "cpu", "cuda"))
-    check_choice("models.backend", backend, ("torch", "cupy", "auto"))
+    check_choice("device", device, DEVICES)
+    check_choice("models.backend", backend, BACKENDS)
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config key 'device' = 'cuda': no CUDA device here (use 'auto' or 'cpu')")
     resolved = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")

@@ -21,9 +21,10 @@ TINY_RECIPES = {
 }
 
 
-def test_paper_cifar100_vgg11_runs_at_tiny_scale_on_a_generated_100_class_folder(tmp_path):
+def test_paper_cifar100_vgg11_runs_at_tiny_scale_on_a_generated_100_class_folder(tmp_path, monkeypatch):
     """``paper_cifar100_vgg11`` on an ImageFolder copy of CIFAR-100 (the offline route): VGG11 with 100 outputs,
     the three models and their blackbox sources trained, and the robustness table written."""
+    monkeypatch.setenv("SNN_ADV_CACHE", str(tmp_path / "cache"))  # decoded arrays stay in this test's folder
     write_tree(tmp_path / "cifar100", CIFAR100_CLASSES, {"train": 2, "test": 1}, fmt="PNG")
     config = load_config(config_path("paper_cifar100_vgg11"), {
         **TINY_RECIPES, "data": {"root": str(tmp_path)},
