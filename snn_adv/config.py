@@ -174,6 +174,12 @@ def _attack_names() -> Sequence[str]:
     return ["clean", *ATTACKS, "ensemble", "torchattacks", "worst_of"]
 
 
+def _protocol_versions() -> Sequence[str]:
+    from .protocol import VERSIONS
+
+    return sorted(VERSIONS)
+
+
 def _gradient_modes() -> Sequence[str]:
     from .attacks.gradients import GRADIENT_MODES
 
@@ -304,6 +310,10 @@ STUDY_SECTIONS: Dict[str, Section] = {
                                                           unique=True),
                           "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
                           "attack": ATTACK, "retrain": FLAG}, required=("models", "perturbations", "attack")),
+    "protocol": Section({**_TEST_COUNT, "kinds": KINDS, "sources": ListOf(KIND, unique=True, min_items=0),
+                         "test_counts": _TEST_COUNTS,
+                         "eps": Value("number", minimum=1e-9, maximum=1),
+                         "version": Value("str", choices=_protocol_versions), "fresh_draws": POSITIVE_INT}),
 }
 
 def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:

@@ -109,6 +109,11 @@ class ProtocolReport:
         extra = [StageRecord({}, r, self.clean) for r in self.costs.values()]
         return sum(s.cost(n) for s in [*self.stages, *extra])
 
+    def total_seconds(self) -> float:
+        """Wall time of the protocol as its stages recorded it (clean, stages, certificate, large-eps check; a resumed
+        run keeps each stage's first time); the gradient-scale probe and the fresh-draw re-scoring are not timed."""
+        return round(sum(r["seconds"] for r in [*(s.record for s in self.stages), *self.costs.values()]), 1)
+
     def headline(self) -> str:
         """One line: ``robust accuracy 4.0 [2.1, 6.3] % (snn-v1, Linf 8/255, 1000 images x 3 draws, converged)``."""
         what = (f"{self.version}, {self.norm} {format_eps(self.eps)}, {self.result.n} images x "
@@ -182,6 +187,7 @@ class ProtocolReport:
             "clean": self.clean.summary()["clean"], "stages": self.rows(),
             "stage_settings": [s.settings for s in self.stages], "certificate": self.certificate,
             "checks": [c.to_dict() for c in self.checks], "total_cost": self.total_cost(),
+            "seconds": self.total_seconds(),
             "index": self.result.index.tolist(), "label": self.result.label.tolist(),
             "scoring_seeds": self.result.scoring_seeds,
             "clean_correct": self.clean.clean_correct.astype(int).tolist(),

@@ -9,6 +9,8 @@
 ``eps``          accuracy against eps for each model kind and attack (whitebox)
 ``layerwise``    relative change of each layer's activations / spike rates / membrane potentials under attack
 ``strong``       the robustness table under adaptive attacks (EOT, rate, HART, surrogate ensemble, torchattacks)
+``protocol``     the robustness protocol (:mod:`snn_adv.protocol`: the versioned battery as a certified cascade) on
+                 each kind, every SNN against the ANN on the same images and draws
 
 Models come from :class:`snn_adv.zoo.ModelZoo` (cached under ``out/models`` by recipe, shared by every study);
 attacks from :mod:`snn_adv.attack_specs`; cells from :mod:`snn_adv.cells`.
@@ -23,7 +25,7 @@ from ..cells import claim_output_folder
 from ..io import PathLike
 from ..validation import check_choice
 from ..zoo import KINDS, LABELS, ModelZoo
-from . import eps, layerwise, leak, robustness, strong, timesteps
+from . import eps, layerwise, leak, protocol, robustness, strong, timesteps
 from .common import StudyContext
 
 __all__ = ["STUDIES", "StudyContext", "check_study_protocols", "run_studies", "run_study"]
@@ -35,6 +37,7 @@ STUDIES: Dict[str, Callable[[StudyContext], str]] = {
     "eps": eps.run,
     "layerwise": layerwise.run,
     "strong": strong.run,
+    "protocol": protocol.run,
 }
 
 
