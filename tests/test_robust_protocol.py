@@ -4,6 +4,7 @@ and tells honest models from masked ones (each case a model whose behaviour is k
 A cheap battery ``test`` replaces ``snn-v1`` here (the same stage kinds, a few iterations each); the full battery
 runs on these models in ``experiments/protocol_validation.py``.
 """
+import copy
 import json
 
 import numpy as np
@@ -13,13 +14,14 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 import snn_adv.protocol.run as protocol_run
-from attack_helpers import _InputGradient, ann, data, snn  # noqa: F401 (fixtures)
+from attack_helpers import Masked, _InputGradient, ann, data, snn  # noqa: F401 (fixtures)
 from snn_adv import checkpoints, evaluate
 from snn_adv.attacks import APGD, FGSM, PGD, NoInputGradientError
 from snn_adv.classifier import SpikingClassifier
 from snn_adv.encoding import PoissonEncoder, is_stochastic
 from snn_adv.neurons import PiecewiseLinear, spiking_neurons
-from snn_adv.protocol import LARGE_EPS, VERSIONS, Stage, battery_digest, robust_accuracy, stages_of
+from snn_adv.protocol import (LARGE_EPS, VERSIONS, Stage, battery_digest, gradient_probe, robust_accuracy, stages_of,
+                              vanishing_gradient_check)
 from snn_adv.stats import compare
 
 TEST_BATTERY = (
@@ -54,8 +56,9 @@ def calls(monkeypatch):
 
 
 def test_snn_v1_is_pinned():
-    # a change of the battery must come with a new version string: this digest is snn-v1's
-    assert battery_digest("snn-v1") == "de678190d0304d16"
+    # a change of the battery must come with a new version string: this digest is snn-v1's (de678190d0304d16
+    # before the first release, when the vanishing-gradient check was a bound on the gradient's scale)
+    assert battery_digest("snn-v1") == "1e1a352f5fb15a69"
     names = [s.name for s in stages_of("snn-v1", {"ann": nn.Identity()})]
     assert names[:3] == ["apgd-ce", "apgd-t", "sa-pgd-assg"] and names[-2:] == ["transfer[ann]", "square"]
     with pytest.raises(ValueError, match="snn-v1"):
@@ -139,6 +142,35 @@ def test_a_vanishing_surrogate_is_flagged(battery, snn, data):
     failed = {c.name for c in report.failed_checks}
     assert failed & {"own_gradient", "vanishing_gradient"}, [str(c) for c in report.checks]
     assert report.verdict.startswith("unreliable")
+
+
+def test_the_vanishing_gradient_probe_is_a_finite_difference_and_ignores_the_scale(snn, ann, data):
+    x, y = data
+    probe = gradient_probe(ann, x, y, 0.1, seed=0)
+    # by hand: the margin one sign step down the input gradient of the margin, relative to the clean margin
+    xr = x.clone().requires_grad_(True)
+    logits = ann(xr)
+    top_other = logits.clone().detach().scatter(1, y[:, None], -float("inf")).argmax(1)
+    margin = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, top_other[:, None])[:, 0]
+    (grad,) = torch.autograd.grad(margin.sum(), xr)
+    with torch.no_grad():
+        moved = ann((x - 0.1 * grad.sign()).clamp(0, 1))
+    after = moved.gather(1, y[:, None])[:, 0] - moved.scatter(1, y[:, None], -float("inf")).max(1).values
+    correct = (margin > 0).detach()
+    expected = ((margin - after) / margin)[correct].detach().numpy()
+    np.testing.assert_allclose(probe["drop_gradient"], expected, rtol=1e-4, atol=1e-5)
+    # an honest ANN and an honest SNN pass, and so does a gradient 10^4 times too small (signs intact): the check
+    # asks whether the gradient tells the attack anything, not how large it is
+    for model in (ann, snn, Masked(ann, "tiny")):
+        check = vanishing_gradient_check(gradient_probe(model, x, y, 0.1, seed=0))
+        assert check.passed is True, check
+    # a reversed gradient steps up the margin and a silent surrogate gives no step at all: both fail
+    silent = copy.deepcopy(snn)
+    for node in spiking_neurons(silent):
+        node.surrogate_function = PiecewiseLinear(gamma=1.0, width=1e-7)
+    for model in (Masked(ann, "reversed"), silent):
+        check = vanishing_gradient_check(gradient_probe(model, x, y, 0.1, seed=0))
+        assert check.passed is False and check.values["comparison"]["p_value"] >= 0.05, check
 
 
 def test_converted_snn_at_low_t_is_at_or_below_single_attacks(battery, snn, ann, data):

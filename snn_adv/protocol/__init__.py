@@ -8,9 +8,9 @@ runs self-checks that can fail, and returns a :class:`ProtocolReport` with one h
 - :mod:`.run`: the cascade on the evaluation engine, resumable per stage;
 - :mod:`.report`: the headline, table, plot and per-image outcomes.
 """
-from .battery import CERTIFICATE, LARGE_EPS, VERSIONS, Stage, battery_digest, stages_of
+from .battery import CERTIFICATE, LARGE_EPS, VANISHING, VERSIONS, Stage, battery_digest, stages_of
 from .report import ProtocolReport, StageRecord
-from .run import gradient_scale, robust_accuracy
+from .run import gradient_probe, robust_accuracy, vanishing_gradient_check
 
-__all__ = ["CERTIFICATE", "LARGE_EPS", "ProtocolReport", "Stage", "StageRecord", "VERSIONS", "battery_digest",
-           "gradient_scale", "robust_accuracy", "stages_of"]
+__all__ = ["CERTIFICATE", "LARGE_EPS", "ProtocolReport", "VANISHING", "Stage", "StageRecord", "VERSIONS", "battery_digest",
+           "gradient_probe", "robust_accuracy", "stages_of", "vanishing_gradient_check"]

@@ -32,12 +32,12 @@ from ..io import atomic_write_bytes, atomic_write_json, provenance
 from ..neurons import spiking_neurons
 from ..progress import log
 from ..seeds import canonical_json
-from ..stats import compare
+from ..stats import compare, paired_difference
 from ..validation import check_classifier, check_fraction, check_positive_int
-from .battery import CERTIFICATE, LARGE_EPS, VANISHING_RATIO, Stage, battery_digest, large_eps_attack, stages_of
+from .battery import CERTIFICATE, LARGE_EPS, VANISHING, Stage, battery_digest, large_eps_attack, stages_of
 from .report import ProtocolReport, StageRecord
 
-__all__ = ["CostMeter", "gradient_scale", "robust_accuracy"]
+__all__ = ["CostMeter", "gradient_probe", "robust_accuracy", "vanishing_gradient_check"]
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, torch.Tensor]]]
 
@@ -45,31 +45,62 @@ Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, tor
 # --------------------------------------------------------------------------------------------------------------
 # Probes
 # --------------------------------------------------------------------------------------------------------------
-def gradient_scale(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
-                   seed: int = 0) -> np.ndarray:
-    r"""Per clean-correct image, ``eps * |d margin / dx|_1 / margin`` under the model's own gradient (one draw,
-    seeded by ``seed``): the first-order change of the margin ``z_y - max_{j != y} z_j`` over the eps-ball relative
-    to the margin itself.
-    0 where the logits do not depend on the input."""
+def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
+                   seed: int = 0) -> Dict[str, np.ndarray]:
+    r"""The vanishing-gradient probe, per clean-correct image (margin ``m = z_y - max_{j != y} z_j > 0``; every
+    forward on the same draw, seeded by ``seed``, so only the input differs):
+
+    - ``ratio``: ``eps * |grad_x m|_1 / m``, the first-order change of the margin over the eps-ball relative to it
+      (information: sign attacks ignore the gradient's scale);
+    - ``drop_gradient``: ``(m(x) - m(x')) / m(x)`` at ``x' = clip(x - eps * sign(grad_x m))``, one sign step down
+      the gradient (0 where the gradient is 0);
+    - ``drop_random``: the same at ``x' = clip(x + eps * r)``, ``r`` uniform random signs (seeded).
+
+    A gradient that tells an attack anything gives ``drop_gradient > drop_random``."""
     encoders = stochastic_encoders(model)
     saved = [e.seed for e in encoders]
+    signs = 2.0 * torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(seed)) - 1.0
+
+    def margin_of(x: torch.Tensor) -> torch.Tensor:
+        with seeded_stream(seed, encoders, images.device):
+            return margin(model(x), labels)
+
     try:
-        with preserved_modes(model, training=False), frozen_parameters(model), gradient_mode(model, "bptt"), \
-                seeded_stream(seed, encoders, images.device):
+        with preserved_modes(model, training=False), frozen_parameters(model), gradient_mode(model, "bptt"):
             x = images.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = model(x)
-                m = margin(logits, labels)
-                grad = torch.autograd.grad(m.sum(), x, allow_unused=True)[0] if logits.requires_grad else None
+                m = margin_of(x)
+                grad = torch.autograd.grad(m.sum(), x, allow_unused=True)[0] if m.requires_grad else None
+            grad = torch.zeros_like(images) if grad is None else grad
+            with torch.no_grad():
+                down = margin_of((images - eps * grad.sign()).clamp(0, 1))
+                random = margin_of((images + eps * signs.to(images)).clamp(0, 1))
     finally:
         for encoder, encoder_seed in zip(encoders, saved):
             encoder.manual_seed(encoder_seed)
     m = m.detach()
     correct = m > 0
-    if grad is None:
-        return np.zeros(int(correct.sum()))
-    ratio = eps * grad.abs().flatten(1).sum(1) / m.abs().clamp(min=1e-12)
-    return ratio[correct].cpu().numpy()
+    probe = {"ratio": eps * grad.abs().flatten(1).sum(1) / m.abs().clamp(min=1e-12),
+             "drop_gradient": (m - down) / m.abs().clamp(min=1e-12), "drop_random": (m - random) / m.abs().clamp(min=1e-12)}
+    return {name: values[correct].cpu().numpy() for name, values in probe.items()}
+
+
+def vanishing_gradient_check(probe: Mapping[str, np.ndarray], seed: int = 0) -> Check:
+    """``vanishing_gradient`` from a :func:`gradient_probe`: passes when one sign step down the gradient lowers the
+    margin significantly more than a random sign step (one-sided paired sign-flip test at ``VANISHING['level']``)."""
+    n = len(probe["ratio"])
+    if n == 0:
+        return Check("vanishing_gradient", None, "no clean-correct image to probe")
+    comparison = paired_difference(probe["drop_gradient"], probe["drop_random"], VANISHING["level"], "greater", seed)
+    informative = comparison.significant(VANISHING["level"])
+    median = float(np.median(probe["ratio"]))
+    return Check("vanishing_gradient", informative,
+                 f"over {n} clean-correct images, one sign step of eps down the margin's gradient lowers the margin by "
+                 f"{100 * probe['drop_gradient'].mean():.1f} % of it, a random sign step by "
+                 f"{100 * probe['drop_random'].mean():.1f} % (difference {comparison})"
+                 + ("" if informative else " -- not significantly more: the gradient tells an attack nothing")
+                 + f"; median eps*|grad margin|_1/margin {median:.3g}",
+                 {"comparison": comparison.to_dict(), "median_ratio": median})
 
 
 class CostMeter:
@@ -364,13 +395,9 @@ def robust_accuracy(
     own_ok = first is not None and first.status != "no input gradient"
     checks.append(Check("own_gradient", own_ok, "the model's own gradient reaches the input" if own_ok else
                         f"stage {stages[0].name}: {first.reason if first else 'did not run'}"))
-    probe_rows = slice(0, min(LARGE_EPS["images"], n))
-    ratios = gradient_scale(model, images[probe_rows].to(device), labels[probe_rows].to(device), eps, seed)
-    median = float(np.median(ratios)) if len(ratios) else float("nan")
-    vanishing = len(ratios) > 0 and median < VANISHING_RATIO
-    checks.append(Check("vanishing_gradient", not vanishing,
-                        f"median over {len(ratios)} clean-correct images of eps*|grad margin|_1/margin = {median:.3g} "
-                        f"(fails below {VANISHING_RATIO})", {"median_ratio": median}))
+    probe_rows = slice(0, min(VANISHING["images"], n))
+    checks.append(vanishing_gradient_check(gradient_probe(model, images[probe_rows].to(device),
+                                                          labels[probe_rows].to(device), eps, seed), seed))
     checks += _cascade_checks(records, stages, clean)
     large = run_stage(len(stages) + 2, "large-eps", lambda: large_eps_attack(model), model,
                       np.arange(n) < LARGE_EPS["images"], "large-eps")
