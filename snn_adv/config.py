@@ -174,6 +174,12 @@ def _attack_names() -> Sequence[str]:
     return ["clean", *ATTACKS, "ensemble", "torchattacks", "worst_of"]
 
 
+def _adversarial_methods() -> Sequence[str]:
+    from .adversarial_training import ADVERSARIAL_METHODS
+
+    return sorted(ADVERSARIAL_METHODS)
+
+
 def _protocol_versions() -> Sequence[str]:
     from .protocol import VERSIONS
 
@@ -285,7 +291,12 @@ _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batc
              "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
              "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT,
              "nesterov": FLAG, "warmup_epochs": Value("int", minimum=0),
-             "precision": Value("str", choices=("float32", "bfloat16"))}
+             "precision": Value("str", choices=("float32", "bfloat16")),
+             # adversarial training (snn_adv.adversarial_training): part of the recipe, so of the model's cache key
+             "adversarial": Section({"method": Value("str", choices=_adversarial_methods), "eps": FRACTION,
+                                     "alpha": Value("number", minimum=1e-12), "steps": POSITIVE_INT,
+                                     "beta": Value("number", minimum=1e-12), "eot": POSITIVE_INT,
+                                     "grad_mode": Value("str", choices=_gradient_modes)}, required=("method",))}
 
 _TEST_COUNT = {"test_count": COUNT}
 #: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images

@@ -17,13 +17,14 @@ import math
 import pickle
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adversarial_training import AdversarialTraining
 from .classifier import ImageClassifier
 from .io import PathLike, atomic_write
 from .progress import describe, log, progress as progress_bar
@@ -114,6 +115,7 @@ def train(
     on_epoch_start: Optional[Callable[[int], None]] = None,
     checkpoint: Optional[PathLike] = None,
     precision: str = "float32",
+    adversarial: Optional[Mapping[str, Any]] = None,
 ) -> List[Dict[str, float]]:
     """Train ``model`` in place with cross-entropy on its logits; returns one record per epoch
     ``{epoch, lr, train_loss, train_accuracy, test_loss, test_accuracy}`` (test entries when ``test_loader``).
@@ -129,6 +131,10 @@ def train(
         sampler's ``set_epoch``).
     :param precision: ``'float32'``, or ``'bfloat16'`` for the forward under :func:`torch.autocast` (mixed
         precision; see :data:`PRECISIONS`). Evaluation is unaffected: a trained model runs in float32.
+    :param adversarial: adversarial training (:class:`~snn_adv.adversarial_training.AdversarialTraining` or a mapping
+        of its fields: ``method`` ``'pgd'`` (Madry), ``'fast'`` (FGSM with a random start, Wong et al.) or
+        ``'trades'``, ``eps``, ``alpha``, ``steps``, ``beta``, ``eot``, ``grad_mode``): each batch is crafted on the
+        model being trained; ``train_loss`` / ``train_accuracy`` are then the method's loss and accuracy.
     :param checkpoint: a file holding the training state after each epoch (model, optimiser, schedule, history and
         every random generator), written atomically. Where it exists, training resumes after its last epoch, so a
         killed run loses at most the epoch in progress and ends with the same weights as an uninterrupted one. It
@@ -144,8 +150,10 @@ def train(
     micro_batch = check_positive_int("micro_batch", micro_batch) if micro_batch is not None else None
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
         raise ValueError(f"argument 'warmup_epochs' = {warmup_epochs!r}: must be an integer in [0, epochs - 1] = [0, {epochs - 1}]")
+    recipe = AdversarialTraining.from_spec(adversarial)
     seed_everything(seed)
     device = _device_of(model)
+    crafting = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(params, optimizer, lr, momentum, weight_decay, bool(nesterov))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, schedule, epochs, warmup_epochs))
@@ -153,6 +161,8 @@ def train(
     arguments = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                  "schedule": schedule, "nesterov": bool(nesterov), "warmup_epochs": warmup_epochs, "seed": seed,
                  "micro_batch": micro_batch, "max_batches": max_batches, "precision": precision}
+    if recipe is not None:
+        arguments["adversarial"] = recipe.settings()
     if checkpoint is not None and Path(checkpoint).is_file():
         history = _resume(checkpoint, arguments, model, opt, sched)
         if progress:
@@ -173,9 +183,13 @@ def train(
             size = micro_batch or len(labels)
             for piece in range(0, len(labels), size):
                 x, y = images[piece : piece + size], labels[piece : piece + size]
+                crafted = None if recipe is None else recipe.craft(crafting, x, y)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, reduction="sum")
+                    if recipe is None:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y, reduction="sum")
+                    else:
+                        loss, logits = recipe.loss(model, x, y, crafted)
                 (loss / len(labels)).backward()
                 loss_sum += loss.item()
                 correct += (logits.argmax(1) == y).sum().item()

@@ -133,6 +133,24 @@ def test_stock_neurons_in_eval_are_refused(battery, data):
         robust_accuracy(model, (data[0][:8], data[1][:8]), eps=0.1, version=battery, progress=False)
 
 
+def test_an_adapted_stock_network_gets_the_battery_its_neurons_allow(battery, snn, data):
+    from snn_adv.attacks import adapt
+    from test_adapter import stock_network
+
+    x, y = data[0][:16], data[1][:16]
+    model = adapt(stock_network(snn), PoissonEncoder(seed=0), timesteps=8, mean=(0.5,), std=(0.5,)).eval()
+    report = robust_accuracy(model, (x, y), eps=0.1, version=battery, scoring_seeds=[0, 1], batch_size=8,
+                             progress=False)
+    status = {r.name: r.status for r in report.stages}
+    # stock IFNodes: BPTT with any surrogate applies, a backward rule of snn_adv's own neurons (rate) does not
+    assert status["apgd-ce"] == "ran" and status["apgd-atan"] in ("ran", "nothing left")
+    assert status["apgd-rate"] == "not applicable" and report.random
+    single = evaluate(model, (x, y), PGD(model, eps=0.1, alpha=0.025, steps=7), scoring_seeds=[0, 1], batch_size=8,
+                      progress=False)
+    assert paired_not_above(report, single)
+    assert not report.failed_checks, [str(c) for c in report.checks]
+
+
 def test_a_vanishing_surrogate_is_flagged(battery, snn, data):
     snn.timesteps = 8
     for node in spiking_neurons(snn):
