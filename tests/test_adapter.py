@@ -69,6 +69,19 @@ def test_torchattacks_lower_accuracy_and_modes_are_restored(make, eps, drop, mod
     assert not any(m.training for m in model.modules())
 
 
+def test_attacks_on_stock_neurons_in_eval_fail_loudly_and_ours_name_the_fix(model, data):
+    """The README's row: stock neurons in eval() give no input gradient; torchattacks stops with autograd's bare
+    RuntimeError, ours with NoInputGradientError naming ``adapt``."""
+    x, y = data[0][:8], data[1][:8]
+    plain = SpikingClassifier(model.body, PoissonEncoder(seed=0), timesteps=TIMESTEPS).eval()
+    for attack in (torchattacks.PGD(plain, eps=0.1), torchattacks.FGSM(plain, eps=0.1)):
+        with pytest.raises(RuntimeError, match="grad|graph") as raised:  # autograd's own words, no cause, no fix
+            attack(x, y)
+        assert not isinstance(raised.value, NoInputGradientError) and "adapt" not in str(raised.value)
+    with pytest.raises(NoInputGradientError, match="adapt"):
+        PGD(plain, eps=0.1)(x, y)
+
+
 def test_our_gradient_modes_on_stock_neurons(model, data):
     x, y = data[0][:16], data[1][:16]
     with pytest.raises(ValueError, match="LeakyLIFNode"):
