@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .io import PathLike
 
-__all__ = ["ConfigError", "ListOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_config", "merge",
+__all__ = ["ConfigError", "ListOf", "MapOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_config", "merge",
            "parse_overrides", "validate_config"]
 
 Choices = Union[None, Sequence[Any], Callable[[], Sequence[Any]]]
@@ -123,6 +123,20 @@ class ListOf:
                 problems.append(f"{_show(path, value)}: must not repeat a value ({shown} appears {count} times)")
         for i, entry in enumerate(value):
             self.item.check(entry, f"{path}[{i}]", problems)
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A JSON object whose keys are names of the user's choosing, each value checked by ``value``."""
+
+    value: Any
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{_show(path, value)}: must be an object")
+            return
+        for key, entry in value.items():
+            self.value.check(entry, f"{path}.{key}", problems)
 
 
 @dataclass(frozen=True)
@@ -324,7 +338,8 @@ STUDY_SECTIONS: Dict[str, Section] = {
     "protocol": Section({**_TEST_COUNT, "kinds": KINDS, "sources": ListOf(KIND, unique=True, min_items=0),
                          "test_counts": _TEST_COUNTS,
                          "eps": Value("number", minimum=1e-9, maximum=1),
-                         "version": Value("str", choices=_protocol_versions), "fresh_draws": POSITIVE_INT}),
+                         "version": Value("str", choices=_protocol_versions), "fresh_draws": POSITIVE_INT,
+                         "defences": ListOf(Value("str", nullable=True), unique=True), "reference": ATTACK}),
 }
 
 def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:
@@ -362,6 +377,18 @@ def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[st
             problems.append(str(error).replace("argument ", "config key ", 1))
 
 
+#: the keys of each kind's recipe section (``models.<kind>``), and those a recipe must give
+_MODEL_FIELDS: Dict[str, Dict[str, Any]] = {
+    "ann": {**_TRAINING, "train_count": COUNT},
+    "snn_conv": {"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),
+                 "calibration_count": POSITIVE_INT, "calibration_batch_size": POSITIVE_INT,
+                 "method": Value("str", choices=("threshold-balancing", "spikingjelly"))},
+    "snn_bp": {**_TRAINING, "timesteps": POSITIVE_INT, "leak": LEAK, "threshold_scale": Value("number", minimum=1e-9),
+               "train_count": COUNT},
+}
+_MODEL_REQUIRED = {"ann": ("epochs", "lr", "batch_size"), "snn_conv": ("timesteps", "calibration_count"),
+                   "snn_bp": ("timesteps", "epochs", "batch_size")}
+
 #: where models run (``device``) and on which spiking backend (``models.backend``): :func:`snn_adv.zoo.resolve_device`
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("torch", "cupy", "auto")
@@ -380,13 +407,9 @@ SCHEMA = Section({
         "arch_kwargs": OBJECT,
         "backend": Value("str", choices=BACKENDS),
         "seeds": Section({"main": INT, "source": INT}, required=("main", "source")),
-        "ann": Section({**_TRAINING, "train_count": COUNT}, required=("epochs", "lr", "batch_size")),
-        "snn_conv": Section({"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),
-                             "calibration_count": POSITIVE_INT, "calibration_batch_size": POSITIVE_INT,
-                             "method": Value("str", choices=("threshold-balancing", "spikingjelly"))},
-                            required=("timesteps", "calibration_count")),
-        "snn_bp": Section({**_TRAINING, "timesteps": POSITIVE_INT, "leak": LEAK, "threshold_scale": Value("number", minimum=1e-9),
-                           "train_count": COUNT}, required=("timesteps", "epochs", "batch_size")),
+        **{kind: Section(fields, required=_MODEL_REQUIRED[kind]) for kind, fields in _MODEL_FIELDS.items()},
+        # named variants of the recipes (e.g. adversarially trained): per kind, keys that replace the kind's own
+        "defences": MapOf(Section({kind: Section(fields) for kind, fields in _MODEL_FIELDS.items()})),
     }, required=("arch", "seeds", "ann", "snn_conv", "snn_bp")),
     "studies": Section(STUDY_SECTIONS),
 }, required=("seed", "eval_seeds", "eval_batch_size", "data", "models", "studies"), extra=_check_timesteps_fit)

@@ -7,7 +7,10 @@ A config's ``models`` section holds one recipe per kind (see ``snn_adv/configs/*
     snn_bp    timesteps, leak, threshold_scale, epochs, lr, batch_size, train_count, [micro_batch]  from: SNN-conv
 
 ``ModelZoo.get(kind, role)`` returns the trained model of ``kind`` in ``role`` ``main`` (the targets) or ``source``
-(the blackbox sources, trained alike with another seed). The config's ``device`` (``auto``: CUDA when there is one)
+(the blackbox sources, trained alike with another seed). A config's ``models.defences`` names variants of the recipes
+(``{"AT": {"ann": {"adversarial": {...}}, "snn_bp": {"adversarial": {...}}}}``): ``get(kind, defence="AT")`` applies
+the defence's section of every kind along the chain (an SNN-BP under ``AT`` is fine-tuned adversarially from the
+conversion of the ``AT`` ANN). Each model records its training wall time (``training_seconds``). The config's ``device`` (``auto``: CUDA when there is one)
 is where models are trained and evaluated, and ``models.backend`` the spiking neurons' (``torch``, the default;
 ``cupy``, SpikingJelly's CUDA kernels; ``auto``: CuPy where it can run): neither is part of a recipe, like the
 hardware, and a cell's provenance records the device. The full recipe of a model (its section, the architecture,
@@ -21,6 +24,7 @@ rank); alone it is the same code with one rank.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -162,57 +166,73 @@ class ModelZoo:
         self._memo: Dict[Tuple[str, str, str], ImageClassifier] = {}
         self._data_recipe: Optional[Dict[str, Any]] = None
 
-    def recipe(self, kind: str, role: str = "main", **overrides: Any) -> Dict[str, Any]:
+    def recipe(self, kind: str, role: str = "main", defence: Optional[str] = None, **overrides: Any) -> Dict[str, Any]:
         """Everything that determines the weights of ``(kind, role)`` (nested: SNN-BP <- SNN-conv <- ANN).
 
-        ``overrides`` replace keys of the kind's own section (e.g. an SNN-BP trained at another ``timesteps`` or
-        ``leak`` from the same converted network); the recipes it starts from are unchanged.
+        ``defence``: a name of the config's ``models.defences``, whose section for each kind of the chain replaces
+        keys of that kind's section. ``overrides`` replace keys of the kind's own section (e.g. an SNN-BP trained at
+        another ``timesteps`` or ``leak`` from the same converted network); the recipes it starts from are unchanged.
         """
         check_choice("kind", kind, KINDS)
         check_choice("role", role, ROLES)
         models = self.config["models"]
+        if defence is not None:
+            check_choice("defence", defence, models.get("defences", {}))
         for key in overrides:
             check_choice(f"override of models.{kind}", key, models[kind])
-        recipe = {"kind": kind, **models[kind], **overrides}
+        changes = {} if defence is None else models["defences"][defence].get(kind, {})
+        recipe = {"kind": kind, **models[kind], **changes, **overrides}
         if kind == "ann":
             if self._data_recipe is None:
                 self._data_recipe = data_recipe(self.config["data"])
             recipe.update(arch=models["arch"], arch_kwargs=models.get("arch_kwargs", {}), data=self._data_recipe,
                           seed=models["seeds"][role], config_seed=self.config["seed"])
         else:
-            recipe["from"] = self.recipe("ann" if kind == "snn_conv" else "snn_conv", role)
+            recipe["from"] = self.recipe("ann" if kind == "snn_conv" else "snn_conv", role, defence)
         return recipe
 
-    def key(self, kind: str, role: str = "main", **overrides: Any) -> str:
+    def key(self, kind: str, role: str = "main", defence: Optional[str] = None, **overrides: Any) -> str:
         """Short id of a model's recipe (part of every cell's settings, so a new recipe means new cells)."""
-        return cell_key(self.recipe(kind, role, **overrides))
+        return cell_key(self.recipe(kind, role, defence, **overrides))
 
-    def path(self, kind: str, role: str = "main", **overrides: Any) -> Path:
-        return self.cache_dir / f"{kind}-{role}-{self.key(kind, role, **overrides)}.pt"
+    def path(self, kind: str, role: str = "main", defence: Optional[str] = None, **overrides: Any) -> Path:
+        return self.cache_dir / f"{kind}-{role}-{self.key(kind, role, defence, **overrides)}.pt"
 
-    def get(self, kind: str, role: str = "main", **overrides: Any) -> ImageClassifier:
+    def get(self, kind: str, role: str = "main", defence: Optional[str] = None, **overrides: Any) -> ImageClassifier:
         """The trained model (in eval mode): memoised, else loaded from the cache, else trained and cached.
-        ``overrides``: see :meth:`recipe` (an override equal to the section's value changes nothing)."""
-        memo = (kind, role, self.key(kind, role, **overrides))
+        ``defence`` and ``overrides``: see :meth:`recipe` (an override equal to the section's value changes
+        nothing)."""
+        memo = (kind, role, self.key(kind, role, defence, **overrides))
         if memo in self._memo:
             return self._memo[memo]
-        path = self.path(kind, role, **overrides)
+        path = self.path(kind, role, defence, **overrides)
         if path.is_file():
             model = checkpoints.load(path, map_location=self.device, backend=self.backend)
         else:
-            recipe = self.recipe(kind, role, **overrides)
+            started = time.perf_counter()
+            recipe = self.recipe(kind, role, defence, **overrides)
             seed = derive_seed(self.config["seed"], cell_key(recipe))
             seed_everything(seed)
             data = self.config["data"]
             partial = path.with_name(path.name + ".partial")  # the training state after each epoch
+            parent_seconds = 0.0
+
+            def parent(parent_kind: str) -> ImageClassifier:  # got where it always was: the RNG sees no change
+                nonlocal parent_seconds
+                began = time.perf_counter()
+                model = reset(self.get(parent_kind, role, defence))
+                parent_seconds += time.perf_counter() - began
+                return model
+
             if kind == "ann":
                 model = _train_ann(recipe, data, seed, self.progress, partial, self.device)
             elif kind == "snn_conv":
-                model = _convert(reset(self.get("ann", role)), recipe, data, seed, self.progress, self.backend)
+                model = _convert(parent("ann"), recipe, data, seed, self.progress, self.backend)
             else:
-                model = _finetune(reset(self.get("snn_conv", role)), recipe, data, seed, self.progress, partial)
-            if dist_info().is_main:
-                checkpoints.save(model, path, recipe=recipe)
+                model = _finetune(parent("snn_conv"), recipe, data, seed, self.progress, partial)
+            if dist_info().is_main:  # this step's own wall time (a resumed training: since it resumed)
+                seconds = round(time.perf_counter() - started - parent_seconds, 1)
+                checkpoints.save(model, path, recipe=recipe, training_seconds=seconds)
                 partial.unlink(missing_ok=True)
         model.eval()
         self._memo[memo] = model

@@ -110,3 +110,42 @@ def test_the_section_is_checked_at_load():
         load_config(config_path("tiny"), {"studies": {"protocol": {"version": "snn-v0"}}})
     with pytest.raises(ConfigError, match="studies.protocol.eps"):
         load_config(config_path("tiny"), {"studies": {"protocol": {"eps": 0}}})
+
+
+def test_defended_targets_meet_the_same_battery_and_the_reference_gap_is_paired(tmp_path):
+    """models.defences and the section's defences / reference: each target under the protocol and under the
+    defence paper's attack alone; the gap, the SNN-vs-ANN and defended-vs-plain comparisons by hand."""
+    reference = {"name": "pgd", "eps": 0.02, "alpha": 0.005, "steps": 10, "random_start": True, "label": "PGD-10"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(VERSIONS, "test", TEST_BATTERY)
+        patch.setitem(LARGE_EPS, "steps", 8)
+        config = load_config(config_path("tiny"), {
+            "models": {"defences": {"AT": {"ann": {"adversarial": {"method": "fast", "eps": 0.02}},
+                                           "snn_bp": {"adversarial": {"method": "pgd", "eps": 0.02, "steps": 2}}}}},
+            "studies": {"protocol": {"version": "test", "eps": 0.02, "fresh_draws": 2, "kinds": ["ann", "snn_bp"],
+                                     "defences": [None, "AT"], "reference": reference}}})
+        zoo = ModelZoo(config, tmp_path / "models", progress=False)
+        run_study("protocol", config, tmp_path, zoo=zoo, progress=False)
+    out = tmp_path / "protocol"
+    cells = [_json(p) for p in sorted((out / "cells").glob("*.json"))]
+    protocol = {(c["settings"]["kind"], c["settings"].get("defence")): c for c in cells if "battery" in c["settings"]}
+    attacked = {(c["settings"]["kind"], c["settings"].get("defence")): c for c in cells if "attack" in c["settings"]}
+    assert set(protocol) == set(attacked) == {("ann", None), ("snn_bp", None), ("ann", "AT"), ("snn_bp", "AT")}
+    assert protocol[("snn_bp", "AT")]["settings"]["sources"]["ann-parent"] == zoo.key("ann", "main", "AT")
+    assert protocol[("snn_bp", "AT")]["settings"]["model"] == zoo.key("snn_bp", defence="AT") != zoo.key("snn_bp")
+    assert (out / "snn_bp-AT" / "report.json").exists()
+    rows = {r["model"]: r for r in _json(out / "table.json")["rows"]}
+    assert set(rows) == {"ANN", "SNN-BP", "ANN (AT)", "SNN-BP (AT)"}
+    assert all(r["training_seconds"] > 0 for r in rows.values())
+    outcome = lambda cell, name: EvaluationResult.from_dict(cell["result"]["results"][name])  # noqa: E731
+    comparisons = {(r["comparison"], r["a"], r["b"]): r for r in _json(out / "comparisons.json")["rows"]}
+    for target in protocol:
+        label = rows[next(m for m in rows if m == ("ANN" if target[0] == "ann" else "SNN-BP")
+                          + ("" if target[1] is None else " (AT)"))]["model"]
+        gap = comparisons[(label, "PGD-10", "protocol")]
+        by_hand = (outcome(attacked[target], "target").per_image("adversarial")
+                   - outcome(protocol[target], "robust").per_image("adversarial")).mean()
+        assert gap["difference"] == pytest.approx(100 * by_hand) and gap["family"] == "gap: reference attack - protocol"
+        assert rows[label]["reference"] == pytest.approx(100 * outcome(attacked[target], "target").adversarial_accuracy)
+    assert ("robust accuracy", "SNN-BP (AT)", "ANN (AT)") in comparisons
+    assert ("robust accuracy", "ANN (AT)", "ANN") in comparisons and ("robust accuracy", "SNN-BP (AT)", "SNN-BP") in comparisons

@@ -87,10 +87,11 @@ def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def vanishing_gradient_check(probe: Mapping[str, np.ndarray], seed: int = 0) -> Check:
     """``vanishing_gradient`` from a :func:`gradient_probe`: passes when one sign step down the gradient lowers the
-    margin significantly more than a random sign step (one-sided paired sign-flip test at ``VANISHING['level']``)."""
+    margin significantly more than a random sign step (one-sided paired sign-flip test at ``VANISHING['level']``);
+    no verdict (``None``) on fewer images than the test needs to decide (``0.5 ** n >= 1 - level``: 4 at 95 %)."""
     n = len(probe["ratio"])
-    if n == 0:
-        return Check("vanishing_gradient", None, "no clean-correct image to probe")
+    if 0.5 ** n >= 1 - VANISHING["level"]:  # even n images all in favour could not reach significance
+        return Check("vanishing_gradient", None, f"{n} clean-correct images to probe: too few for the test to decide")
     comparison = paired_difference(probe["drop_gradient"], probe["drop_random"], VANISHING["level"], "greater", seed)
     informative = comparison.significant(VANISHING["level"])
     median = float(np.median(probe["ratio"]))
