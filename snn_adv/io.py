@@ -16,19 +16,16 @@ import io
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "provenance",
-           "source_digest"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "provenance", "source_digest"]
 
 PathLike = Union[str, os.PathLike]
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -36,8 +33,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Context manager yielding a file object whose content replaces ``path`` only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every result private to its writer
+    fd, tmp = _exclusive_temporary(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -63,9 +59,15 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
         handle.write("\n")
 
 
-def atomic_torch_save(path: PathLike, obj: Any, save: Callable[[Any, Any], None] = torch.save) -> None:
-    with atomic_write(path, "wb") as handle:
-        save(obj, handle)
+def _exclusive_temporary(path: Path) -> Tuple[int, str]:
+    """A new ``.<name>.<random>.tmp`` beside ``path``, opened exclusively with mode 0666 less the process umask
+    (mkstemp's 0600 would make every result private to its writer; reading the umask would mean setting it)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(directory: Path) -> None:
