@@ -38,7 +38,7 @@ def _study(args: argparse.Namespace) -> int:
     if args.data_root is not None:
         overrides.setdefault("data", {})["root"] = args.data_root
     config = load_config(config_path(args.config), overrides)
-    names = list(STUDIES) if args.names == ["all"] else args.names
+    names = [name for name in STUDIES if name in config["studies"]] if args.names == ["all"] else args.names
     run_studies(names, config, args.out, progress=not args.quiet, recompute=args.recompute)
     return 0
 
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser("study", help="run studies of a config (resumable; torchrun shards it)",
                                 description="Run the paper's studies: robustness, timesteps, leak, eps, layerwise, "
                                             "strong, or all. Finished cells are skipped on a rerun.")
-    study.add_argument("names", nargs="+", metavar="STUDY", help="study names, or 'all'")
+    study.add_argument("names", nargs="+", metavar="STUDY", help="study names, or 'all' (every study the config has a section for)")
     study.add_argument("--config", required=True, help="a preset name (cpu, tiny, quickstart, paper_cifar10_vgg5...) or a JSON config file")
     study.add_argument("--out", required=True, help="output folder (tables, plots, cells, model cache)")
     study.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
