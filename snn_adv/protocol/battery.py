@@ -142,8 +142,9 @@ CERTIFICATE = {"effort": 4, "restarts": 2}
 LARGE_EPS = {"eps": 1.0, "steps": 28, "images": 100, "bound": 0.05}
 #: the vanishing-gradient check (a finite-difference probe, :func:`~snn_adv.protocol.run.gradient_probe`) on the
 #: clean-correct ones of the first ``images``: one sign step of eps down the gradient of the margin must lower the
-#: margin significantly more than a random sign step of the same size (one-sided paired sign-flip test at
-#: ``level``); else the gradient tells a gradient attack nothing, however large or small it is. Scale-free on
+#: margin more than a random sign step of the same size on significantly more images than the other way round
+#: (one-sided exact sign test at ``level``); else the gradient tells a gradient attack nothing, however large or
+#: small it is. Scale-free on
 #: purpose: honest SNN-BP surrogate gradients are 40x smaller than their ANN's (the quickstart's: median
 #: ``eps * |grad margin|_1 / margin`` 0.021 against 0.82 at 8/255), so a bound on the scale flags them falsely
 VANISHING = {"images": 100, "level": 0.95}

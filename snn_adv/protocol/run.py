@@ -87,19 +87,24 @@ def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def vanishing_gradient_check(probe: Mapping[str, np.ndarray], seed: int = 0) -> Check:
     """``vanishing_gradient`` from a :func:`gradient_probe`: passes when one sign step down the gradient lowers the
-    margin significantly more than a random sign step (one-sided paired sign-flip test at ``VANISHING['level']``);
-    no verdict (``None``) on fewer images than the test needs to decide (``0.5 ** n >= 1 - level``: 4 at 95 %)."""
+    margin more than a random sign step on significantly more images than the other way round (one-sided sign
+    test, exact, at ``VANISHING['level']``: per image only which step lowered the margin more counts, so a few
+    images with tiny margins cannot swamp it); no verdict (``None``) on fewer images than the test needs to decide
+    (``0.5 ** n >= 1 - level``: 4 at 95 %)."""
     n = len(probe["ratio"])
     if 0.5 ** n >= 1 - VANISHING["level"]:  # even n images all in favour could not reach significance
         return Check("vanishing_gradient", None, f"{n} clean-correct images to probe: too few for the test to decide")
-    comparison = paired_difference(probe["drop_gradient"], probe["drop_random"], VANISHING["level"], "greater", seed)
+    better = probe["drop_gradient"] > probe["drop_random"]
+    worse = probe["drop_gradient"] < probe["drop_random"]
+    comparison = paired_difference(better.astype(float), worse.astype(float), VANISHING["level"], "greater", seed)
     informative = comparison.significant(VANISHING["level"])
     median = float(np.median(probe["ratio"]))
     return Check("vanishing_gradient", informative,
-                 f"over {n} clean-correct images, one sign step of eps down the margin's gradient lowers the margin by "
-                 f"{100 * probe['drop_gradient'].mean():.1f} % of it, a random sign step by "
-                 f"{100 * probe['drop_random'].mean():.1f} % (difference {comparison})"
-                 + ("" if informative else " -- not significantly more: the gradient tells an attack nothing")
+                 f"over {n} clean-correct images, one sign step of eps down the margin's gradient lowers the margin "
+                 f"more than a random sign step on {int(better.sum())} and less on {int(worse.sum())} (mean drop "
+                 f"{100 * probe['drop_gradient'].mean():.1f} % of the margin against {100 * probe['drop_random'].mean():.1f} %; "
+                 f"sign test {comparison})"
+                 + ("" if informative else " -- not significantly more often: the gradient tells an attack nothing")
                  + f"; median eps*|grad margin|_1/margin {median:.3g}",
                  {"comparison": comparison.to_dict(), "median_ratio": median})
 
