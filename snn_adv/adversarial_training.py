@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD
-from .attacks.base import project
+from .attacks.base import preserved_modes, project
 from .validation import check_choice, check_fraction, check_positive, check_positive_int
 
 __all__ = ["ADVERSARIAL_METHODS", "AdversarialTraining"]
@@ -83,7 +83,8 @@ class AdversarialTraining:
         check_choice("adversarial.method", self.method, ADVERSARIAL_METHODS)
         defaults = ADVERSARIAL_METHODS[self.method]
         check_fraction("adversarial.eps", self.eps)
-        alpha = self.alpha if self.alpha is not None else defaults.get("alpha", defaults.get("alpha_over_eps", 0) * self.eps)
+        alpha = self.alpha if self.alpha is not None else defaults.get("alpha",
+                                                                        defaults.get("alpha_over_eps", 0) * self.eps)
         object.__setattr__(self, "alpha", check_positive("adversarial.alpha", alpha))
         object.__setattr__(self, "steps", check_positive_int("adversarial.steps", self.steps or defaults["steps"]))
         if self.method == "trades":
@@ -116,11 +117,8 @@ class AdversarialTraining:
         if self.method != "trades":
             return PGD(model, random_start=True, **kwargs)(images, labels)
         attack = _TradesPGD(model, random_start=False, **kwargs)
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
+        with torch.no_grad(), preserved_modes(model, training=False):
             attack.clean_probabilities = F.softmax(model(images), 1)
-            model.train(was_training)
         return attack(images, labels)
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

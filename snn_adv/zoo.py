@@ -10,10 +10,11 @@ A config's ``models`` section holds one recipe per kind (see ``snn_adv/configs/*
 (the blackbox sources, trained alike with another seed). A config's ``models.defences`` names variants of the recipes
 (``{"AT": {"ann": {"adversarial": {...}}, "snn_bp": {"adversarial": {...}}}}``): ``get(kind, defence="AT")`` applies
 the defence's section of every kind along the chain (an SNN-BP under ``AT`` is fine-tuned adversarially from the
-conversion of the ``AT`` ANN). Each model records its training wall time (``training_seconds``). The config's ``device`` (``auto``: CUDA when there is one)
-is where models are trained and evaluated, and ``models.backend`` the spiking neurons' (``torch``, the default;
-``cupy``, SpikingJelly's CUDA kernels; ``auto``: CuPy where it can run): neither is part of a recipe, like the
-hardware, and a cell's provenance records the device. The full recipe of a model (its section, the architecture,
+conversion of the ``AT`` ANN). Each model records its training wall time (``training_seconds``).
+
+The config's ``device`` (``auto``: CUDA when there is one) is where models are trained and evaluated, and
+``models.backend`` the spiking neurons' (``torch``, the default; ``cupy``, SpikingJelly's CUDA kernels; ``auto``:
+CuPy where it can run): neither is part of a recipe, like the hardware, and a cell's provenance records the device. The full recipe of a model (its section, the architecture,
 the role's seed, the config ``seed``, the training data as a content fingerprint with its subset seed and size, and
 the recipe it starts from) is its key: a checkpoint is reused only for exactly that recipe, so changing any input
 that can change the weights trains a new model.

@@ -148,4 +148,5 @@ def test_defended_targets_meet_the_same_battery_and_the_reference_gap_is_paired(
         assert gap["difference"] == pytest.approx(100 * by_hand) and gap["family"] == "gap: reference attack - protocol"
         assert rows[label]["reference"] == pytest.approx(100 * outcome(attacked[target], "target").adversarial_accuracy)
     assert ("robust accuracy", "SNN-BP (AT)", "ANN (AT)") in comparisons
-    assert ("robust accuracy", "ANN (AT)", "ANN") in comparisons and ("robust accuracy", "SNN-BP (AT)", "SNN-BP") in comparisons
+    assert ("robust accuracy", "ANN (AT)", "ANN") in comparisons
+    assert ("robust accuracy", "SNN-BP (AT)", "SNN-BP") in comparisons

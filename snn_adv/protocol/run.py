@@ -80,8 +80,9 @@ def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             encoder.manual_seed(encoder_seed)
     m = m.detach()
     correct = m > 0
-    probe = {"ratio": eps * grad.abs().flatten(1).sum(1) / m.abs().clamp(min=1e-12),
-             "drop_gradient": (m - down) / m.abs().clamp(min=1e-12), "drop_random": (m - random) / m.abs().clamp(min=1e-12)}
+    scale = m.abs().clamp(min=1e-12)
+    probe = {"ratio": eps * grad.abs().flatten(1).sum(1) / scale, "drop_gradient": (m - down) / scale,
+             "drop_random": (m - random) / scale}
     return {name: values[correct].cpu().numpy() for name, values in probe.items()}
 
 
@@ -102,8 +103,8 @@ def vanishing_gradient_check(probe: Mapping[str, np.ndarray], seed: int = 0) -> 
     return Check("vanishing_gradient", informative,
                  f"over {n} clean-correct images, one sign step of eps down the margin's gradient lowers the margin "
                  f"more than a random sign step on {int(better.sum())} and less on {int(worse.sum())} (mean drop "
-                 f"{100 * probe['drop_gradient'].mean():.1f} % of the margin against {100 * probe['drop_random'].mean():.1f} %; "
-                 f"sign test {comparison})"
+                 f"{100 * probe['drop_gradient'].mean():.1f} % of the margin against "
+                 f"{100 * probe['drop_random'].mean():.1f} %; sign test {comparison})"
                  + ("" if informative else " -- not significantly more often: the gradient tells an attack nothing")
                  + f"; median eps*|grad margin|_1/margin {median:.3g}",
                  {"comparison": comparison.to_dict(), "median_ratio": median})
@@ -274,6 +275,7 @@ def robust_accuracy(
     images, labels = _tensors(data)
     n = len(images)
     device = torch.device(device) if device is not None else next(iter(model.parameters()), torch.empty(0)).device
+    _refuse_stock_neurons_without_gradient(model, images[:1].to(device), seed)
     random = is_stochastic(model, images[: min(8, n)].to(device))
     seeds = list(scoring_seeds)
     memo = CleanMemo()
@@ -303,10 +305,6 @@ def robust_accuracy(
                 if attack is None:
                     status, reason = ("nothing left", "no robust pair left to attack") if position else ("clean", None)
             except NoInputGradientError as error:
-                stock_in_eval = not isinstance(model, AdaptedSpikingClassifier) and any(
-                    type(m).__module__.startswith("spikingjelly") and not m.training for m in spiking_neurons(model))
-                if position == 1 and stock_in_eval:
-                    raise  # refused: its message says to wrap the network with snn_adv.adapt
                 status, reason = "no input gradient", str(error)
                 result = evaluate(model, (images, labels), None, **common)
         if status == "ran" and result.adversarial_examples is not None:
@@ -423,6 +421,26 @@ def robust_accuracy(
         report.save(out)
     log(report.headline())
     return report
+
+
+def _refuse_stock_neurons_without_gradient(model: nn.Module, images: torch.Tensor, seed: int) -> None:
+    """Refuse, before any stage and whatever the clean accuracy, a model of stock SpikingJelly neurons in ``eval()``
+    whose logits do not depend on the input in autograd (SpikingJelly 0.0.0.0.14's hard step): its message names the
+    fix, ``snn_adv.adapt``. Stock neurons that do give a gradient in ``eval()`` are attacked like any other."""
+    if isinstance(model, AdaptedSpikingClassifier) or not any(
+            type(m).__module__.startswith("spikingjelly") and not m.training for m in spiking_neurons(model)):
+        return
+    encoders = stochastic_encoders(model)
+    saved = [e.seed for e in encoders]
+    try:
+        with preserved_modes(model, training=False), frozen_parameters(model), torch.enable_grad(), \
+                seeded_stream(seed, encoders, images.device):
+            connected = model(images.detach().requires_grad_(True)).requires_grad
+    finally:
+        for encoder, encoder_seed in zip(encoders, saved):
+            encoder.manual_seed(encoder_seed)
+    if not connected:
+        raise NoInputGradientError(model, "the logits are not connected to the input in autograd")
 
 
 def _remember_clean(memo: CleanMemo, clean: EvaluationResult, model: nn.Module, images: torch.Tensor,

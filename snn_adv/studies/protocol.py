@@ -86,7 +86,8 @@ def run(ctx: StudyContext) -> str:
 
     def named(kind: str, defence: Optional[str]) -> Dict[str, Any]:
         """Cell settings naming a target (no ``defence`` key for a plain one)."""
-        return {"kind": kind, "model": zoo.key(kind, defence=defence), **({} if defence is None else {"defence": defence})}
+        return {"kind": kind, "model": zoo.key(kind, defence=defence),
+                **({} if defence is None else {"defence": defence})}
 
     cells = [ctx.cell(**named(kind, defence), sources=sources_of(ctx, kind, defence), count=ctx.count_of(kind),
                       battery=battery_digest(settings["version"]), **settings) for kind, defence in targets]
@@ -133,7 +134,8 @@ def run(ctx: StudyContext) -> str:
                      **interval_columns(robust[target], "adversarial", "robust"),
                      **interval_columns(every[target], "adversarial", "robust_every_draw"),
                      "verdict": report["verdict"], "certificate_stage": certificate.get("stage"),
-                     "certificate_removed": None if certificate.get("removed") is None else 100 * certificate["removed"],
+                     "certificate_removed": None if certificate.get("removed") is None
+                     else 100 * certificate["removed"],
                      "certificate_p": certificate.get("comparison", {}).get("p_value"),
                      "cost": report["total_cost"], "seconds": report["seconds"],
                      "n_images": robust[target].n, "n_seeds": len(robust[target].scoring_seeds),
@@ -151,11 +153,12 @@ def run(ctx: StudyContext) -> str:
     for kind, defence in targets:
         ann = ("ann", defence)
         if kind != "ann" and ann in robust:
-            comparisons += [paired("robust accuracy", (kind, defence), ann, robust, "protocol: robust accuracy, SNN vs ANN"),
+            comparisons += [paired("robust accuracy", (kind, defence), ann, robust,
+                                   "protocol: robust accuracy, SNN vs ANN"),
                             paired("robust on every draw", (kind, defence), ann, every,
                                    "protocol: robust on every draw, SNN vs ANN"),
-                            paired("clean accuracy", (kind, defence), ann, robust, "protocol: clean accuracy, SNN vs ANN",
-                                   ("clean", "clean"))]
+                            paired("clean accuracy", (kind, defence), ann, robust,
+                                   "protocol: clean accuracy, SNN vs ANN", ("clean", "clean"))]
         if defence is not None and (kind, None) in robust:
             comparisons.append(paired("robust accuracy", (kind, defence), (kind, None), robust,
                                       "protocol: robust accuracy, defended vs plain"))
