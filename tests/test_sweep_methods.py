@@ -24,7 +24,8 @@ def _run(tmp_path, models, name, section_changes=None):
     zoo = ModelZoo(config, models, progress=False)
     fetched = []  # (kind, role, overrides) of every model a cell evaluates
     get = zoo.get
-    zoo.get = lambda kind, role="main", **overrides: fetched.append((kind, role, overrides)) or get(kind, role, **overrides)
+    zoo.get = lambda kind, role="main", defence=None, **overrides: \
+        fetched.append((kind, role, overrides)) or get(kind, role, defence, **overrides)
     run_study(name, config, tmp_path, zoo=zoo, progress=False)
     rows = json.loads((tmp_path / name / "table.json").read_text())["rows"]
     return config, zoo, rows, fetched
