@@ -10,12 +10,13 @@ ends (a kill costs at most the stage in progress; a rerun reads them back and wr
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,6 +46,17 @@ Data = Union[Tuple[torch.Tensor, torch.Tensor], Sequence[Tuple[torch.Tensor, tor
 # --------------------------------------------------------------------------------------------------------------
 # Probes
 # --------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _encoder_seeds_kept(encoders: Sequence[Any]) -> Iterator[None]:
+    """Give the encoders their seeds back after the block (a probe re-seeds their streams)."""
+    saved = [e.seed for e in encoders]
+    try:
+        yield
+    finally:
+        for encoder, seed in zip(encoders, saved):
+            encoder.manual_seed(seed)
+
+
 def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
                    seed: int = 0) -> Dict[str, np.ndarray]:
     r"""The vanishing-gradient probe, per clean-correct image (margin ``m = z_y - max_{j != y} z_j > 0``; every
@@ -58,26 +70,22 @@ def gradient_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
     A gradient that tells an attack anything gives ``drop_gradient > drop_random``."""
     encoders = stochastic_encoders(model)
-    saved = [e.seed for e in encoders]
     signs = 2.0 * torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(seed)) - 1.0
 
     def margin_of(x: torch.Tensor) -> torch.Tensor:
         with seeded_stream(seed, encoders, images.device):
             return margin(model(x), labels)
 
-    try:
-        with preserved_modes(model, training=False), frozen_parameters(model), gradient_mode(model, "bptt"):
-            x = images.detach().requires_grad_(True)
-            with torch.enable_grad():
-                m = margin_of(x)
-                grad = torch.autograd.grad(m.sum(), x, allow_unused=True)[0] if m.requires_grad else None
-            grad = torch.zeros_like(images) if grad is None else grad
-            with torch.no_grad():
-                down = margin_of((images - eps * grad.sign()).clamp(0, 1))
-                random = margin_of((images + eps * signs.to(images)).clamp(0, 1))
-    finally:
-        for encoder, encoder_seed in zip(encoders, saved):
-            encoder.manual_seed(encoder_seed)
+    with _encoder_seeds_kept(encoders), preserved_modes(model, training=False), frozen_parameters(model), \
+            gradient_mode(model, "bptt"):
+        x = images.detach().requires_grad_(True)
+        with torch.enable_grad():
+            m = margin_of(x)
+            grad = torch.autograd.grad(m.sum(), x, allow_unused=True)[0] if m.requires_grad else None
+        grad = torch.zeros_like(images) if grad is None else grad
+        with torch.no_grad():
+            down = margin_of((images - eps * grad.sign()).clamp(0, 1))
+            random = margin_of((images + eps * signs.to(images)).clamp(0, 1))
     m = m.detach()
     correct = m > 0
     scale = m.abs().clamp(min=1e-12)
@@ -431,14 +439,9 @@ def _refuse_stock_neurons_without_gradient(model: nn.Module, images: torch.Tenso
             type(m).__module__.startswith("spikingjelly") and not m.training for m in spiking_neurons(model)):
         return
     encoders = stochastic_encoders(model)
-    saved = [e.seed for e in encoders]
-    try:
-        with preserved_modes(model, training=False), frozen_parameters(model), torch.enable_grad(), \
-                seeded_stream(seed, encoders, images.device):
-            connected = model(images.detach().requires_grad_(True)).requires_grad
-    finally:
-        for encoder, encoder_seed in zip(encoders, saved):
-            encoder.manual_seed(encoder_seed)
+    with _encoder_seeds_kept(encoders), preserved_modes(model, training=False), frozen_parameters(model), \
+            torch.enable_grad(), seeded_stream(seed, encoders, images.device):
+        connected = model(images.detach().requires_grad_(True)).requires_grad
     if not connected:
         raise NoInputGradientError(model, "the logits are not connected to the input in autograd")
 
