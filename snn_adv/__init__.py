@@ -15,7 +15,7 @@ tests its claims under strong adaptive attacks. The public API, by room:
   (``snn_adv.protocol.robust_accuracy``)
 - experiments: :func:`run_study`, :func:`quickstart`
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 import warnings as _warnings
 

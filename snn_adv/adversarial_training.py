@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD
-from .attacks.base import preserved_modes, project
+from .attacks.base import project
+from .module_state import preserved_modes
 from .validation import check_choice, check_fraction, check_positive, check_positive_int
 
 __all__ = ["ADVERSARIAL_METHODS", "AdversarialTraining"]

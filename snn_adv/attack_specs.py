@@ -17,17 +17,24 @@ sweep's whitebox/blackbox modes), ``alpha_over_eps`` (PGD step relative to eps i
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
-__all__ = ["ATTACK_NAMES", "METADATA_KEYS", "at_eps", "attack_label", "build_attack", "build_surrogate",
-           "check_protocols", "load_attacks"]
+from .neurons import build_surrogate
 
-ATTACK_NAMES = ("clean", "fgsm", "pgd", "ensemble", "torchattacks", "worst_of")
+__all__ = ["METADATA_KEYS", "at_eps", "attack_label", "attack_names", "build_attack", "build_surrogate",
+           "check_protocols"]
+
 METADATA_KEYS = ("label", "snn_only", "study_modes")
+
+
+def attack_names() -> List[str]:
+    """Every attack entry name: ``clean``, the attacks of :data:`snn_adv.attacks.ATTACKS`, ``ensemble``,
+    ``torchattacks`` and ``worst_of`` (a table row over other entries)."""
+    from .attacks import ATTACKS
+
+    return ["clean", *ATTACKS, "ensemble", "torchattacks", "worst_of"]
 
 
 def attack_label(spec: Mapping[str, Any]) -> str:
@@ -45,28 +52,14 @@ def at_eps(spec: Mapping[str, Any], eps: float) -> Dict[str, Any]:
     return spec
 
 
-def build_surrogate(spec: Mapping[str, Any]) -> Callable:
-    """An attacker surrogate from ``{"name": ..., **kwargs}``: ``PiecewiseLinear`` (ours) or any class of
-    ``spikingjelly.activation_based.surrogate`` (``ATan``, ``Sigmoid``, ``Erf``...)."""
-    from spikingjelly.activation_based import surrogate as sj_surrogate
-
-    from .neurons import PiecewiseLinear
-
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name == "PiecewiseLinear":
-        return PiecewiseLinear(**spec)
-    cls = getattr(sj_surrogate, name, None)
-    if not isinstance(cls, type):
-        raise ValueError(f"argument 'surrogate' = {name!r}: must be 'PiecewiseLinear' or a class of spikingjelly's "
-                         "surrogate module")
-    return cls(**spec)
-
-
 def build_attack(spec: Mapping[str, Any], model: nn.Module, seed: int = 0) -> Optional[Callable]:
     """The attack of config entry ``spec`` crafting on ``model``; None for ``clean``."""
     from . import attacks
 
+    if "alpha_over_eps" in spec:
+        if "eps" not in spec:
+            raise ValueError(f"attack entry {dict(spec)!r}: 'alpha_over_eps' sets the step relative to eps and needs 'eps'")
+        spec = at_eps(spec, spec["eps"])
     spec = {k: v for k, v in spec.items() if k not in METADATA_KEYS}
     name = spec.pop("name", None)
     if name == "clean":
@@ -94,7 +87,7 @@ def build_attack(spec: Mapping[str, Any], model: nn.Module, seed: int = 0) -> Op
 
             kwargs["n_classes"] = dataset_info(model.arch["dataset"]).num_classes
         return cls(model, **kwargs)
-    raise ValueError(f"argument 'attack' = {name!r}: must be one of {', '.join(map(repr, ATTACK_NAMES))}")
+    raise ValueError(f"argument 'attack' = {name!r}: must be one of {', '.join(map(repr, attack_names()))}")
 
 
 def check_protocols(specs: Sequence[Mapping[str, Any]], targets: Mapping[str, nn.Module], where: str) -> None:
@@ -113,29 +106,3 @@ def check_protocols(specs: Sequence[Mapping[str, Any]], targets: Mapping[str, nn
                 check_attack_protocol(spec, model)
             except ValueError as error:
                 raise ValueError(f"{where}[{i}] ({attack_label(spec)}) on target {name}: {error}") from None
-
-
-def load_attacks(source: str, study: str = "robustness") -> List[Dict[str, Any]]:
-    """Attack entries from a JSON file (a list of entries, or an object with ``"attacks"``) or from the section
-    ``studies.<study>`` of a preset or config file (e.g. ``"cpu"``)."""
-    from .config import load_config
-    from .configs import config_path
-
-    path = Path(source)
-    data = json.loads(path.read_text()) if path.is_file() and path.suffix == ".json" else None
-    if isinstance(data, list):
-        specs = data
-    elif isinstance(data, dict) and "attacks" in data:
-        specs = data["attacks"]
-    else:
-        config = load_config(config_path(source))
-        section = config.get("studies", {}).get(study, {})
-        if "attacks" not in section:
-            raise ValueError(f"argument 'attacks' = {source!r}: the config has no studies.{study}.attacks "
-                             f"(studies with attack lists: {sorted(k for k, v in config.get('studies', {}).items() if 'attacks' in v)})")
-        specs = section["attacks"]
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, Mapping) or spec.get("name") not in ATTACK_NAMES:
-            raise ValueError(f"argument 'attacks' = {source!r}: entry {i} = {spec!r} must be an object whose 'name' is "
-                             f"one of {', '.join(map(repr, ATTACK_NAMES))}")
-    return [dict(spec) for spec in specs]

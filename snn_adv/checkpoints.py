@@ -10,7 +10,8 @@ never runs pickled code)::
     body_class                                   module.qualname of the body (named in errors)
     normalization, in_channels, input_size       the input contract
     snn                                          timesteps, per-layer thresholds, leaks (and which are learnable),
-                                                 encoder settings, readout, backend (SNN only)
+                                                 neurons (per layer: class and settings), encoder settings, readout,
+                                                 backend (SNN only)
     metadata                                     what the caller passed: training config, history, method...
     provenance                                   git commit, library versions, device
     state_dict                                   the weights
@@ -37,13 +38,13 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import __version__
 from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier
 from .encoding import build_encoder
 from .io import atomic_write_bytes, provenance
-from .models import KINDS, build_classifier, set_thresholds
-from .neurons import LeakyLIFNode
+from .models import CLASSIFIER_KINDS, build_classifier, set_thresholds
+from .neurons import NEURONS, LeakyLIFNode, build_neuron, spiking_neurons
 from .validation import check_choice
+from .version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_header", "save"]
 
@@ -103,6 +104,7 @@ def save(model: ImageClassifier, path: PathLike, **metadata: Any) -> Path:
             "leaks": [float(n.leak.detach()) if n.learnable_leak else float(n.leak) for n in leaky],
             "learnable_leaks": [bool(n.learnable_leak) for n in leaky],
             "thresholds": [float(n.v_threshold) for n in neurons],
+            "neurons": [_neuron_record(n) for n in neurons],
             "encoder": _plain(model.encoder.settings()),
             "readout": model.readout,
             "backend": getattr(neurons[0], "backend", "torch") if neurons else "torch",
@@ -114,6 +116,42 @@ def save(model: ImageClassifier, path: PathLike, **metadata: Any) -> Path:
     path = Path(path)
     atomic_write_bytes(path, _signed(buffer.getvalue()))
     return path
+
+
+def _neuron_record(node: nn.Module) -> Dict[str, Any]:
+    """A neuron layer as the file records it: its class, and for a registered neuron (:data:`snn_adv.neurons.NEURONS`)
+    its settings (what :func:`~snn_adv.neurons.build_neuron` rebuilds it from); ``settings`` None where it cannot be
+    recorded (a stock or unregistered neuron, an unnamed surrogate: reloading then needs the user's body)."""
+    record: Dict[str, Any] = {"class": f"{type(node).__module__}.{type(node).__qualname__}", "settings": None}
+    if isinstance(node, LeakyLIFNode) and type(node) in NEURONS.values():
+        try:
+            record["settings"] = node.settings()
+        except ValueError as error:
+            record["unrecorded"] = str(error)
+    return record
+
+
+def _restore_neurons(body: nn.Module, records: Any, given: bool) -> None:
+    """Give ``body`` the file's neuron layers: rebuild each recorded registered neuron whose class or settings the
+    freshly built body lacks (``given``: the user's body, checked instead, never changed)."""
+    layers = {id(node) for node in spiking_neurons(body)}
+    names = [name for name, module in body.named_modules() if id(module) in layers]
+    if len(names) != len(records):
+        raise ValueError(f"the file records {len(records)} neuron layers, the network has {len(names)}")
+    for index, (name, record) in enumerate(zip(names, records)):
+        node = body.get_submodule(name)
+        current = _neuron_record(node)
+        if current == record:
+            continue
+        if given or record["settings"] is None:
+            why = record.get("unrecorded", "its class is not registered (snn_adv.neurons.register_neuron)")
+            raise ValueError(f"neuron layer {index} ({name}): the file has {record['class']} with settings "
+                             f"{record['settings']}, the network has {current['class']} with {current['settings']}"
+                             + ("" if given else f"; {why}: pass the network's body, checkpoints.load(path, body=...)"))
+        parent_name, _, attribute = name.rpartition(".")
+        parent = body.get_submodule(parent_name) if parent_name else body
+        setattr(parent, attribute, build_neuron(record["settings"], leak=float(node.leak), v_threshold=node.v_threshold,
+                                                backend=node.backend, step_mode=node.step_mode))
 
 
 def _not_an_archive(where: str, data: bytes) -> str:
@@ -202,7 +240,7 @@ def load(
         since layer layouts and defaults may have changed).
     """
     if kind is not None:
-        check_choice("kind", kind, KINDS)
+        check_choice("kind", kind, CLASSIFIER_KINDS)
     if body is not None and not isinstance(body, nn.Module):
         raise TypeError(f"argument 'body' must be a torch.nn.Module (a freshly built body of the saved network), "
                         f"got {type(body).__name__}")
@@ -215,8 +253,8 @@ def load(
         raise ValueError(f"{where} was written by snn-adv {payload.get('package_version')!r}, this is {__version__!r}: "
                          "retrain, or pass allow_version_mismatch=True to load it anyway")
     saved_kind = payload.get("kind")
-    if saved_kind not in KINDS:
-        raise ValueError(f"{where} has unknown kind {saved_kind!r}: must be one of {KINDS}")
+    if saved_kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"{where} has unknown kind {saved_kind!r}: must be one of {CLASSIFIER_KINDS}")
     if kind is not None and saved_kind != kind:
         raise ValueError(f"{where} holds a model of kind {saved_kind!r}, expected kind {kind!r}")
     for key in ("arch", "state_dict", "normalization") + (("snn",) if saved_kind == "snn" else ()):
@@ -242,7 +280,7 @@ def _rebuild(payload: Dict[str, Any], body: Optional[nn.Module], backend: Option
     if body is None:
         options = {} if snn is None else dict(
             timesteps=snn["timesteps"], thresholds=snn["thresholds"], encoder=build_encoder(snn["encoder"]),
-            readout=snn["readout"], backend=backend or snn["backend"])
+            readout=snn["readout"], backend=backend or snn["backend"], neuron=arch.get("neuron"))
         model = build_classifier(arch["name"], arch["dataset"], payload["kind"], **options, **arch.get("kwargs", {}))
     else:
         contract = dict(mean=payload["normalization"]["mean"], std=payload["normalization"]["std"],
@@ -253,6 +291,8 @@ def _rebuild(payload: Dict[str, Any], body: Optional[nn.Module], backend: Option
             model = SpikingClassifier(body, encoder=build_encoder(snn["encoder"]), timesteps=snn["timesteps"],
                                       readout=snn["readout"], **contract)
             set_thresholds(model.body, snn["thresholds"])
+    if snn is not None and "neurons" in snn:  # files before the record rebuild the default neuron
+        _restore_neurons(model.body, snn["neurons"], given=body is not None)
     if snn is not None:
         model.time_chunk = snn.get("time_chunk")
         model.lean = snn.get("lean")

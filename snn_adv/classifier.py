@@ -19,7 +19,8 @@ from .encoding import Encoder, PoissonEncoder
 from .neurons import LeakyLIFNode, set_leak, spiking_neurons
 from .validation import check_choice, check_fits_in_memory, check_images, check_positive_int
 
-__all__ = ["ImageClassifier", "AnnClassifier", "SpikingClassifier", "LEAN_ABOVE_TIMESTEPS", "LEAN_TIME_CHUNK"]
+__all__ = ["ImageClassifier", "AnnClassifier", "SpikingClassifier", "LEAN_ABOVE_TIMESTEPS", "LEAN_TIME_CHUNK",
+           "check_classifier"]
 
 #: above this many timesteps a :class:`SpikingClassifier` runs lean by default. Chosen from the CPU measurements
 #: (VGG5, batch 32, whole-process peak of one BPTT step: 0.83 GiB + about 28 MiB per timestep by default, so the
@@ -243,3 +244,19 @@ def _detach_state(net: nn.Module) -> None:
             for key, value in module._memories.items():
                 if isinstance(value, torch.Tensor):
                     module._memories[key] = value.detach()
+
+
+def check_classifier(model, name: str = "model") -> nn.Module:
+    """Require a module mapping images [N, C, H, W] in [0, 1] to logits; a bare multistep SpikingJelly network (the
+    body of a classifier, which takes [T, N, ...] sequences) is refused with the fix."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"argument '{name}' must be a torch.nn.Module (a classifier), got {type(model).__name__}")
+    if isinstance(model, ImageClassifier):
+        return model
+    multistep = [n for n, m in model.named_modules() if isinstance(m, base.StepModule) and m.step_mode == "m"]
+    if multistep:
+        raise TypeError(f"argument '{name}' is a bare multistep SpikingJelly network ({type(model).__name__}, e.g. "
+                        f"module {multistep[0] or '(root)'!r}), which takes [T, N, ...] sequences; attacks and evaluation "
+                        "take a classifier of images [N, C, H, W] in [0, 1]: wrap it, "
+                        "SpikingClassifier(body, timesteps=T, mean=..., std=...)")
+    return model

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
+from .version import __version__
 
 #: what a user can cause and fix (bad value, config, file, data folder, diverging training): one line, exit 2
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -44,8 +44,8 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .attack_specs import load_attacks
     from .cells import claim_output_folder, write_table
+    from .config import load_attacks
     from .distributed import init_distributed
     from .io import atomic_write, atomic_write_json, provenance
     from .studies.common import COMPARISON_COLUMNS
@@ -60,8 +60,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, progress=not args.quiet and info.is_main)
     if not info.is_main:
         return 0
-    verdicts = {True: "PASS", False: "FAIL (possible gradient masking)", None: "info"}
-    check_lines = [f"- {verdicts[c.passed]}: {c.name}: {c.detail}" for c in checks]
+    check_lines = [c.report_line() for c in checks]
     print(f"Accuracy (%) [95 % interval over images and Poisson seeds] on {len(labels)} {dataset} test images, "
           f"{len(args.eval_seeds)} scoring seed(s) (WB whitebox; BB blackbox from a source):\n\n{table}")
     print("Self-checks (verdicts from one-sided paired tests at p < 0.05):\n" + "\n".join(check_lines or ["- none"]))

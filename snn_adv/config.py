@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .io import PathLike
 
-__all__ = ["ConfigError", "ListOf", "MapOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_config", "merge",
-           "parse_overrides", "validate_config"]
+__all__ = ["ConfigError", "ListOf", "MapOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_attacks", "load_config",
+           "merge", "parse_overrides", "validate_config"]
 
 Choices = Union[None, Sequence[Any], Callable[[], Sequence[Any]]]
 
@@ -183,9 +183,9 @@ def _architectures() -> Sequence[str]:
 
 
 def _attack_names() -> Sequence[str]:
-    from .attacks import ATTACKS
+    from .attack_specs import attack_names
 
-    return ["clean", *ATTACKS, "ensemble", "torchattacks", "worst_of"]
+    return attack_names()
 
 
 def _adversarial_methods() -> Sequence[str]:
@@ -242,13 +242,33 @@ SURROGATE = Section({"name": TEXT, "alpha": POSITIVE, "gamma": POSITIVE, "width"
 _ATTACK_METADATA = ("name", "label", "snn_only", "study_modes", "alpha_over_eps")
 
 
+#: the keys a ``torchattacks`` entry uses besides its metadata: its arguments go in ``kwargs``
+_TORCHATTACKS_KEYS = ("class", "kwargs")
+
+
 def _attack_arguments(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
     """An entry of one of our attacks (``fgsm``, ``pgd``) may set only that class's arguments (not ``seed``: the
-    cell derives it): ``steps`` on ``fgsm`` is refused at load, not after the models were trained."""
+    cell derives it): ``steps`` on ``fgsm`` is refused at load, not after the models were trained. A ``torchattacks``
+    entry takes ``class`` and ``kwargs`` only (a top-level ``eps`` would be ignored). ``alpha_over_eps`` needs the
+    entry's ``eps`` (or the eps study, which supplies it) and excludes ``alpha``."""
     import inspect
 
     from .attacks import ATTACKS
 
+    if "alpha_over_eps" in value:
+        if "alpha" in value:
+            problems.append(f"config key {path + '.alpha_over_eps'!r}: set 'alpha' or 'alpha_over_eps', not both")
+        elif "eps" not in value and not path.startswith("studies.eps."):
+            problems.append(f"config key {path + '.alpha_over_eps'!r}: a step relative to eps needs the entry's "
+                            "'eps' (only the eps study supplies one)")
+    if value.get("name") == "torchattacks":
+        if "class" not in value:
+            problems.append(f"config key {path!r}: a torchattacks entry names its 'class' (e.g. \"APGD\")")
+        for key in value:
+            if key not in _TORCHATTACKS_KEYS and key not in _ATTACK_METADATA:
+                problems.append(f"config key {path + '.' + key!r}: not used by a torchattacks entry (its arguments go "
+                                f"in 'kwargs', e.g. \"kwargs\": {{{json.dumps(key)}: ...}})")
+        return
     cls = ATTACKS.get(value.get("name")) if isinstance(value.get("name"), str) else None
     if cls is None:
         return
@@ -297,8 +317,8 @@ class AttackList(ListOf):
                                         f"entry (labels: {', '.join(sorted(map(repr, labels)))})")
 
 
-ATTACKS = AttackList(ATTACK)
-KINDS = ListOf(KIND, unique=True)
+ATTACK_LIST = AttackList(ATTACK)
+KIND_LIST = ListOf(KIND, unique=True)
 
 #: keys of :func:`snn_adv.training.train` a model recipe may set (the model zoo sets seed and progress itself)
 _TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
@@ -316,26 +336,26 @@ _TEST_COUNT = {"test_count": COUNT}
 #: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images
 _TEST_COUNTS = Section({kind: Value("int", minimum=1) for kind in KIND.choices})
 STUDY_SECTIONS: Dict[str, Section] = {
-    "robustness": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS,
+    "robustness": Section({**_TEST_COUNT, "attacks": ATTACK_LIST, "kinds": KIND_LIST, "sources": KIND_LIST,
                            "test_counts": _TEST_COUNTS}, required=("attacks",)),
-    "strong": Section({**_TEST_COUNT, "attacks": ATTACKS, "kinds": KINDS, "sources": KINDS, "blackbox": FLAG,
+    "strong": Section({**_TEST_COUNT, "attacks": ATTACK_LIST, "kinds": KIND_LIST, "sources": KIND_LIST, "blackbox": FLAG,
                        "test_counts": _TEST_COUNTS},
                       required=("attacks",)),
-    "timesteps": Section({**_TEST_COUNT, "kinds": KINDS, "timesteps": ListOf(POSITIVE_INT, unique=True),
-                          "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACKS,
+    "timesteps": Section({**_TEST_COUNT, "kinds": KIND_LIST, "timesteps": ListOf(POSITIVE_INT, unique=True),
+                          "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST,
                           "blackbox_source": KIND, "retrain": FLAG},
                          required=("kinds", "timesteps", "levels", "modes", "attacks")),
-    "leak": Section({**_TEST_COUNT, "kinds": KINDS, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
-                     "modes": ListOf(MODE, unique=True), "attacks": ATTACKS, "blackbox_source": KIND, "retrain": FLAG},
+    "leak": Section({**_TEST_COUNT, "kinds": KIND_LIST, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
+                     "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST, "blackbox_source": KIND, "retrain": FLAG},
                     required=("kinds", "leaks", "modes", "attacks")),
-    "eps": Section({**_TEST_COUNT, "kinds": KINDS, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
-                    "attacks": ATTACKS}, required=("kinds", "eps_255", "attacks")),
+    "eps": Section({**_TEST_COUNT, "kinds": KIND_LIST, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
+                    "attacks": ATTACK_LIST}, required=("kinds", "eps_255", "attacks")),
     "layerwise": Section({**_TEST_COUNT, "models": ListOf(Section({"kind": KIND, "leak": LEAK, "timesteps": POSITIVE_INT,
                                                                   "levels": LEVELS, "rate": FRACTION}, required=("kind",)),
                                                           unique=True),
                           "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
                           "attack": ATTACK, "retrain": FLAG}, required=("models", "perturbations", "attack")),
-    "protocol": Section({**_TEST_COUNT, "kinds": KINDS, "sources": ListOf(KIND, unique=True, min_items=0),
+    "protocol": Section({**_TEST_COUNT, "kinds": KIND_LIST, "sources": ListOf(KIND, unique=True, min_items=0),
                          "test_counts": _TEST_COUNTS,
                          "eps": Value("number", minimum=1e-9, maximum=1),
                          "version": Value("str", choices=_protocol_versions), "fresh_draws": POSITIVE_INT,
@@ -466,6 +486,32 @@ def load_config(path: PathLike, overrides: Optional[Mapping[str, Any]] = None) -
     validate_config(config, f"config {str(path)!r}" + (" with --set overrides" if overrides else ""))
     _check_shadowed(overrides or {}, config)
     return config
+
+
+def load_attacks(source: str, study: str = "robustness") -> List[Dict[str, Any]]:
+    """Attack entries from a JSON file (a list of entries, or an object with ``"attacks"``) or from the section
+    ``studies.<study>`` of a preset or config file (e.g. ``"cpu"``), checked by the schema a config's attack lists
+    get (:class:`ConfigError` lists every problem)."""
+    from .configs import config_path
+
+    path = Path(source)
+    data = json.loads(path.read_text()) if path.is_file() and path.suffix == ".json" else None
+    if isinstance(data, list):
+        specs = data
+    elif isinstance(data, dict) and "attacks" in data:
+        specs = data["attacks"]
+    else:
+        config = load_config(config_path(source))
+        section = config.get("studies", {}).get(study, {})
+        if "attacks" not in section:
+            raise ValueError(f"argument 'attacks' = {source!r}: the config has no studies.{study}.attacks "
+                             f"(studies with attack lists: {sorted(k for k, v in config.get('studies', {}).items() if 'attacks' in v)})")
+        specs = section["attacks"]
+    problems: List[str] = []
+    ATTACK_LIST.check(specs, "attacks", problems)
+    if problems:
+        raise ConfigError(f"argument 'attacks' = {source!r}", problems)
+    return [dict(spec) for spec in specs]
 
 
 def _lookup(tree: Mapping[str, Any], dotted: str) -> Tuple[bool, Any]:

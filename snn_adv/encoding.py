@@ -12,6 +12,7 @@ from typing import Dict, Iterator, List, Optional
 import torch
 import torch.nn as nn
 
+from .module_state import preserved_modes
 from .validation import check_fraction, check_levels, check_positive_int
 
 __all__ = ["PoissonEncoder", "DirectEncoder", "quantize", "Encoder", "fixed_noise", "fixed_noise_seed", "is_stochastic",
@@ -167,8 +168,6 @@ def is_stochastic(model: nn.Module, images: Optional[torch.Tensor] = None) -> bo
     images = images if images is not None else _probe_images(model)
     if images is None:
         return False
-    from .attacks.base import preserved_modes  # the attack layer builds on this module
-
     with torch.no_grad(), torch.random.fork_rng(devices=[images.device] if images.is_cuda else []), \
             preserved_modes(model, training=False):
         return not torch.equal(model(images), model(images))

@@ -23,6 +23,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
+from .version import __version__
+
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "provenance", "source_digest"]
 
 PathLike = Union[str, os.PathLike]
@@ -120,7 +122,6 @@ def provenance(**extra: Any) -> Dict[str, Any]:
 
     import numpy
 
-    from . import __version__
 
     def version(dist: str) -> str:
         try:

@@ -16,8 +16,11 @@ no-autograd path under ``torch.no_grad()``.
 
 The dynamics are written once, as the methods :meth:`LeakyLIFNode.charge` and :meth:`LeakyLIFNode.reset_after_spike`
 (the spike is ``H(h - v_th)``): single-step, the multistep torch loop and its backward (autograd through them) all
-run them, so a variant overrides one method (:class:`HardResetLIFNode`). The C++ kernel (CPU) and SpikingJelly's
-CuPy kernels are fast paths for the default dynamics, tested against this reference. How the spikes are
+run them, so a variant overrides one method (:class:`HardResetLIFNode`). A subclass may instead override SpikingJelly's
+own step hooks (``neuronal_charge`` / ``neuronal_fire`` / ``neuronal_reset``): then single-step, multistep and
+``store_v_seq`` all run SpikingJelly's step loop through them (decided per class, :meth:`LeakyLIFNode.overrides_step_hooks`),
+so every path sees one neuron. The C++ kernel (CPU) and SpikingJelly's CuPy kernels are opt-in fast paths, taken
+only by a class that keeps the default dynamics, and tested against this reference. How the spikes are
 differentiated is a :class:`BackwardRule` the neuron may be given (``node.backward_rule``, set by the attacks'
 gradient modes); without one, surrogate BPTT with ``surrogate_function``.
 """
@@ -27,7 +30,7 @@ import math
 import sys
 import types
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -38,9 +41,14 @@ from ._lif_cpu import lif_kernel
 from .validation import check_leak, check_positive
 
 __all__ = [
-    "BackwardRule", "HardResetLIFNode", "LeakyLIFNode", "PiecewiseLinear", "RECOMPUTABLE", "RecomputableCurrent",
-    "cupy_available", "set_leak", "spiking_neurons", "surrogate_derivative",
+    "BackwardRule", "HardResetLIFNode", "LeakyLIFNode", "NEURONS", "PiecewiseLinear", "RECOMPUTABLE",
+    "RecomputableCurrent", "STEP_HOOKS", "build_neuron", "build_surrogate", "cupy_available", "neuron_name",
+    "register_neuron", "set_leak", "spiking_neurons", "supports_backward_rules", "surrogate_derivative",
+    "surrogate_spec",
 ]
+
+#: SpikingJelly's per-step hooks of a neuron: a class overriding one runs its step loop on every path
+STEP_HOOKS = ("neuronal_charge", "neuronal_fire", "neuronal_reset", "single_step_forward")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -138,6 +146,32 @@ def surrogate_derivative(surrogate_function: Callable[[torch.Tensor], torch.Tens
 # --------------------------------------------------------------------------------------------------------------
 #: ``derivative(node, x_seq, h_seq) -> sg_seq``: the factor ``ds/dh`` at every step and membrane (like ``h_seq``).
 Derivative = Callable[["LeakyLIFNode", torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def surrogate_spec(function: Callable) -> Dict[str, Any]:
+    """The JSON record :func:`build_surrogate` rebuilds ``function`` from: ours or a class of SpikingJelly's
+    ``surrogate`` module (its ``alpha`` and ``spiking``); ValueError for any other (it could not be rebuilt)."""
+    cls = type(function)
+    if cls is PiecewiseLinear:
+        return {"name": "PiecewiseLinear", "gamma": function.gamma, "width": function.width, "spiking": function.spiking}
+    if getattr(surrogate, cls.__name__, None) is cls and hasattr(function, "alpha"):
+        return {"name": cls.__name__, "alpha": function.alpha, "spiking": function.spiking}
+    raise ValueError(f"surrogate {cls.__qualname__} cannot be recorded: use PiecewiseLinear or a class of "
+                     "spikingjelly.activation_based.surrogate")
+
+
+def build_surrogate(spec: Mapping[str, Any]) -> Callable:
+    """A surrogate from ``{"name": ..., **kwargs}``: ``PiecewiseLinear`` (ours) or any class of SpikingJelly's
+    ``surrogate`` module (``ATan``, ``Sigmoid``, ``Erf``...)."""
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "PiecewiseLinear":
+        return PiecewiseLinear(**spec)
+    cls = getattr(surrogate, name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"argument 'surrogate' = {name!r}: must be 'PiecewiseLinear' or a class of spikingjelly's "
+                         "surrogate module")
+    return cls(**spec)
 
 
 @dataclass(frozen=True)
@@ -421,6 +455,13 @@ class LeakyLIFNode(neuron.LIFNode):
             self._leak = value
         self.tau = _tau_of(value)
 
+    def settings(self) -> Dict[str, Any]:
+        """This neuron's constructor keywords beyond ``leak``, ``v_threshold``, ``backend``, ``step_mode`` and
+        ``learnable_leak`` (kept per layer elsewhere), as JSON, with its :data:`NEURONS` name: what a checkpoint records to rebuild it
+        (:func:`build_neuron`). A variant with more keywords extends it (:class:`HardResetLIFNode`)."""
+        return {"name": neuron_name(type(self)), "detach_reset": bool(self.detach_reset),
+                "surrogate": None if self.surrogate_follows_threshold else surrogate_spec(self.surrogate_function)}
+
     def extra_repr(self) -> str:
         return (
             f"leak={float(self.leak):.4g}, v_threshold={self.v_threshold}, detach_reset={self.detach_reset}, "
@@ -440,10 +481,19 @@ class LeakyLIFNode(neuron.LIFNode):
         """Membrane after the step: soft reset ``v[t] = h[t] - v_th * s[t]``."""
         return h - self.v_threshold * spike
 
-    def has_default_dynamics(self) -> bool:
-        """Whether this node runs :class:`LeakyLIFNode`'s own charge and reset (what the fused kernels compute)."""
-        cls = type(self)
-        return cls.charge is LeakyLIFNode.charge and cls.reset_after_spike is LeakyLIFNode.reset_after_spike
+    @classmethod
+    def overrides_step_hooks(cls) -> bool:
+        """Whether the class overrides one of SpikingJelly's per-step hooks (``neuronal_charge``, ``neuronal_fire``,
+        ``neuronal_reset``, ``single_step_forward``): then every path runs them, step by step (SpikingJelly's
+        contract), and none of :meth:`charge` / :meth:`reset_after_spike`'s fast paths is taken."""
+        return any(getattr(cls, hook) is not getattr(LeakyLIFNode, hook) for hook in STEP_HOOKS)
+
+    @classmethod
+    def has_default_dynamics(cls) -> bool:
+        """Whether the class runs :class:`LeakyLIFNode`'s own dynamics (what the fused kernels compute); decided per
+        class, from which methods it overrides."""
+        return (cls.charge is LeakyLIFNode.charge and cls.reset_after_spike is LeakyLIFNode.reset_after_spike
+                and not cls.overrides_step_hooks())
 
     def run_dynamics(self, x_seq: torch.Tensor, v: torch.Tensor, leak: float, store_h: bool, store_v: bool = False):
         """The forward over T without autograd: (spikes, v[T-1], h [T, ...] if ``store_h``); with ``store_v`` the
@@ -522,8 +572,13 @@ class LeakyLIFNode(neuron.LIFNode):
             x_seq.requires_grad or (isinstance(self.v, torch.Tensor) and self.v.requires_grad) or self.learnable_leak
         )
         under_rule = needs_grad and self.backward_rule is not None  # a rule needs the fused autograd node below
-        if self.store_v_seq and not under_rule:
-            # Reference loop, which records v[t] for inspection (layer-wise studies); slower.
+        if under_rule and self.overrides_step_hooks():
+            raise NotImplementedError(
+                f"{type(self).__name__} overrides SpikingJelly's step hooks ({', '.join(STEP_HOOKS)}): a gradient "
+                "mode's backward rule differentiates charge/reset_after_spike; override those instead, or use 'bptt'")
+        if (self.store_v_seq and not under_rule) or self.overrides_step_hooks():
+            # SpikingJelly's reference loop (single_step_forward per step, through the step hooks; records v[t]
+            # under store_v_seq for inspection); slower, differentiated by autograd.
             return neuron.BaseNode.multi_step_forward(self, x_seq)
         if self.backend == "cupy" and not under_rule:
             spike_seq, v_seq = self._cupy_forward(x_seq)
@@ -595,6 +650,51 @@ class HardResetLIFNode(LeakyLIFNode):
 
     def reset_after_spike(self, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
         return h * (1.0 - spike) + self.hard_reset_value * spike
+
+    def settings(self) -> Dict[str, Any]:
+        return {**super().settings(), "v_reset": self.hard_reset_value}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry: the neuron classes a checkpoint can name and rebuild
+# --------------------------------------------------------------------------------------------------------------
+#: name -> neuron class (a :class:`LeakyLIFNode` subclass); add yours with :func:`register_neuron`
+NEURONS: Dict[str, Type[LeakyLIFNode]] = {"lif": LeakyLIFNode, "hard_reset_lif": HardResetLIFNode}
+
+
+def register_neuron(name: str, cls: Type[LeakyLIFNode]) -> Type[LeakyLIFNode]:
+    """Record a neuron variant under ``name``, so that checkpoints of networks made of it rebuild it (its
+    :meth:`~LeakyLIFNode.settings` must give every constructor keyword it adds)."""
+    if not (isinstance(cls, type) and issubclass(cls, LeakyLIFNode)):
+        raise TypeError(f"register_neuron: {cls!r} is not a subclass of snn_adv.neurons.LeakyLIFNode")
+    if NEURONS.get(name, cls) is not cls:
+        raise ValueError(f"register_neuron: name {name!r} is taken by {NEURONS[name].__qualname__}")
+    NEURONS[name] = cls
+    return cls
+
+
+def neuron_name(cls: type) -> Optional[str]:
+    """The :data:`NEURONS` name of ``cls`` (None: not registered)."""
+    return next((name for name, registered in NEURONS.items() if registered is cls), None)
+
+
+def build_neuron(spec: Mapping[str, Any], **kwargs: Any) -> LeakyLIFNode:
+    """The neuron of a :meth:`~LeakyLIFNode.settings` record; ``kwargs``: ``leak``, ``v_threshold``, ``backend``,
+    ``step_mode``."""
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in NEURONS:
+        raise ValueError(f"neuron {name!r} is not registered (known: {sorted(NEURONS)}); register its class with "
+                         "snn_adv.neurons.register_neuron before loading")
+    surrogate_record = spec.pop("surrogate", None)
+    return NEURONS[name](surrogate_function=None if surrogate_record is None else build_surrogate(surrogate_record),
+                         **spec, **kwargs)
+
+
+def supports_backward_rules(node: nn.Module) -> bool:
+    """Whether a gradient mode's backward rule (rate, HART, PDSG, ASSG) applies to ``node``: one of our neurons whose
+    dynamics are :meth:`~LeakyLIFNode.charge` / :meth:`~LeakyLIFNode.reset_after_spike`."""
+    return isinstance(node, LeakyLIFNode) and not node.overrides_step_hooks()
 
 
 def _tau_of(leak: float) -> float:

@@ -16,7 +16,6 @@ import torch.nn as nn
 __all__ = [
     "MAX_SEED",
     "check_choice",
-    "check_classifier",
     "check_fits_in_memory",
     "check_fraction",
     "check_images",
@@ -165,26 +164,6 @@ def check_fits_in_memory(name: str, value, shape: Sequence[int], dtype: torch.dt
     if need > have:
         raise _fail(name, value, f"{what} {list(shape)} alone needs {need / 2**30:.3g} GiB, more than the "
                                  f"{have / 2**30:.3g} GiB of {device.type} memory; lower it or the batch size")
-
-
-def check_classifier(model, name: str = "model") -> nn.Module:
-    """Require a module mapping images [N, C, H, W] in [0, 1] to logits; a bare multistep SpikingJelly network (the
-    body of a classifier, which takes [T, N, ...] sequences) is refused with the fix."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"argument '{name}' must be a torch.nn.Module (a classifier), got {type(model).__name__}")
-    from spikingjelly.activation_based import base
-
-    from .classifier import ImageClassifier
-
-    if isinstance(model, ImageClassifier):
-        return model
-    multistep = [n for n, m in model.named_modules() if isinstance(m, base.StepModule) and m.step_mode == "m"]
-    if multistep:
-        raise TypeError(f"argument '{name}' is a bare multistep SpikingJelly network ({type(model).__name__}, e.g. "
-                        f"module {multistep[0] or '(root)'!r}), which takes [T, N, ...] sequences; attacks and evaluation "
-                        "take a classifier of images [N, C, H, W] in [0, 1]: wrap it, "
-                        "SpikingClassifier(body, timesteps=T, mean=..., std=...)")
-    return model
 
 
 def _as_float(name: str, value) -> float:

@@ -1,4 +1,6 @@
 """FGSM and PGD: closed forms on linear models, mode restoration, and strength on a trained SNN."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -217,3 +219,42 @@ def test_no_input_gradient_raises_instead_of_returning_clean_images(attack):
     detached.forward = lambda images: AnnClassifier.forward(detached, images.detach())
     with pytest.raises(NoInputGradientError, match="not connected"):
         attack(detached, eps=0.1)(x, y)
+
+
+def _silent_deep_stock_net():
+    """An untrained deep net of SpikingJelly's stock LIFNode (8 layers) under ``adapt``: its neurons barely fire,
+    so its input gradient is ~1e-10, not zero (the exact-zero guard cannot see it)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    from snn_adv import PoissonEncoder, adapt
+
+    torch.manual_seed(0)
+    modules, width = [layer.Flatten()], 28 * 28
+    for _ in range(8):
+        modules += [layer.Linear(width, 128), neuron.LIFNode()]
+        width = 128
+    net = nn.Sequential(*modules, layer.Linear(width, 10))
+    functional.set_step_mode(net, "m")
+    return adapt(net, PoissonEncoder(seed=0), timesteps=8).eval()
+
+
+def test_vanishing_gradient_warns_and_marks_the_result(snn, data):
+    """A negligible input gradient (median eps*|grad loss|_1/|loss| below VANISHING_RATIO) makes the attack warn
+    and the engine's result record it; an honest SNN's first gradient is far above the threshold."""
+    from snn_adv import evaluate
+    from snn_adv.attacks import VANISHING_RATIO, GradientMaskingWarning
+
+    x, y = data
+    silent = _silent_deep_stock_net()
+    attack = PGD(silent, eps=8 / 255, alpha=2 / 255, steps=2, seed=0)
+    with pytest.warns(GradientMaskingWarning, match="vanishing input gradient"):
+        result = evaluate(silent, (x, y), attack, progress=False)
+    assert attack.first_gradient_ratio < 1e-6 * VANISHING_RATIO
+    marked = result.settings["vanishing_gradient"]
+    assert marked["threshold"] == VANISHING_RATIO and marked["members"]["pgd"] == pytest.approx(attack.first_gradient_ratio)
+
+    honest = PGD(snn, eps=8 / 255, alpha=2 / 255, steps=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientMaskingWarning)
+        result = evaluate(snn, (x, y), honest, progress=False)
+    assert honest.first_gradient_ratio > 10 * VANISHING_RATIO and "vanishing_gradient" not in result.settings

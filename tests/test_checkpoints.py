@@ -16,7 +16,7 @@ from snn_adv.classifier import AnnClassifier, SpikingClassifier
 from snn_adv.conversion import convert, hybrid_init
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.models import build_classifier, get_thresholds, spiking_twin, vgg_tiny
-from snn_adv.neurons import LeakyLIFNode
+from snn_adv.neurons import HardResetLIFNode, LeakyLIFNode, PiecewiseLinear
 
 
 def _same_outputs(a, b, x):
@@ -237,3 +237,39 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_neuron_variants_and_surrogates_reload_bit_identical(tmp_path):
+    """The neuron class and its settings are recorded per layer: a HardResetLIFNode network with a user-given
+    surrogate on one layer reloads with the same classes, settings and logits (it once reloaded as LeakyLIFNode,
+    other logits); a user's body with other neurons than the file's is refused, naming the layer."""
+    from spikingjelly.activation_based import surrogate
+
+    torch.manual_seed(0)
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=6, leak=0.9)
+    surrogates = iter([surrogate.ATan(alpha=3.0), None, PiecewiseLinear(0.5, 2.0), None])
+    model.body = spiking_twin(vgg_tiny(), neuron_factory=lambda: HardResetLIFNode(
+        0.9, 0.4, next(surrogates), v_reset=0.1, detach_reset=True))
+    x = torch.rand(8, 1, 28, 28)
+    loaded = checkpoints.load(checkpoints.save(model, tmp_path / "m.pt"))
+    assert [type(n) for n in loaded.neurons()] == [HardResetLIFNode] * 4
+    assert [n.settings() for n in loaded.neurons()] == [n.settings() for n in model.neurons()]
+    assert [n.v_threshold for n in loaded.neurons()] == [0.4] * 4
+    assert _same_outputs(model.eval(), loaded, x)
+    plain = build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=6, leak=0.9)
+    plain.load_state_dict(model.state_dict())
+    assert not _same_outputs(model, plain.eval(), x)  # the variant matters: a default reload would be wrong
+    with pytest.raises(ValueError, match="neuron layer 0.*HardResetLIFNode.*LeakyLIFNode"):
+        checkpoints.load(tmp_path / "m.pt", body=spiking_twin(vgg_tiny()))
+
+
+def test_build_classifier_records_its_neuron_in_arch(tmp_path):
+    spec = {"name": "hard_reset_lif", "v_reset": 0.2, "detach_reset": False, "surrogate": None}
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=4, leak=0.8, neuron=spec)
+    assert model.arch["neuron"] == spec and all(n.settings() == spec for n in model.neurons())
+    assert [float(n.leak) for n in model.neurons()] == [0.8] * 4
+    loaded = checkpoints.load(checkpoints.save(model, tmp_path / "m.pt"))
+    assert loaded.arch["neuron"] == spec and all(type(n) is HardResetLIFNode for n in loaded.neurons())
+    assert _same_outputs(model.eval(), loaded, torch.rand(3, 1, 28, 28))
+    with pytest.raises(ValueError, match="'lif2' is not registered"):
+        build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", neuron={"name": "lif2"})

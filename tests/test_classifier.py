@@ -227,7 +227,7 @@ def test_forgotten_set_step_mode_is_caught_with_the_fix():
 
 
 def test_a_bare_body_given_where_a_classifier_is_expected_gets_a_hint():
-    from snn_adv.validation import check_classifier
+    from snn_adv.classifier import check_classifier
 
     with pytest.raises(TypeError, match=r"bare multistep SpikingJelly network.*wrap it, SpikingClassifier\(body"):
         check_classifier(small_body())

@@ -49,6 +49,15 @@ def _write(tmp_path, config, name="c.json"):
      r"'studies.strong.attacks\[1\].of': 'B' is not the label of another entry \(labels: 'A'\)"),
     ({"studies": {"strong": {"attacks": [{"name": "pgd", "label": "A"}, {"name": "worst_of"}]}}},
      r"'studies.strong.attacks\[1\]': a 'worst_of' entry needs 'of'"),
+    # arguments an entry does not use are refused, never ignored (a torchattacks entry's top-level eps once was)
+    ({"studies": {"strong": {"attacks": [{"name": "torchattacks", "class": "PGD", "eps": 0.1}]}}},
+     r"'studies.strong.attacks\[0\].eps': not used by a torchattacks entry \(its arguments go in 'kwargs'"),
+    ({"studies": {"strong": {"attacks": [{"name": "torchattacks", "kwargs": {"eps": 0.1}}]}}},
+     r"'studies.strong.attacks\[0\]': a torchattacks entry names its 'class'"),
+    ({"studies": {"strong": {"attacks": [{"name": "pgd", "alpha_over_eps": 0.25}]}}},
+     r"'studies.strong.attacks\[0\].alpha_over_eps': a step relative to eps needs the entry's 'eps'"),
+    ({"studies": {"strong": {"attacks": [{"name": "pgd", "eps": 0.1, "alpha": 0.01, "alpha_over_eps": 0.25}]}}},
+     r"set 'alpha' or 'alpha_over_eps', not both"),
 ])
 def test_mistakes_are_refused_at_load_with_their_path(tmp_path, override, match):
     path = _write(tmp_path, merge(json.loads(TINY.read_text()), override))
@@ -163,3 +172,28 @@ def test_device_and_backend_resolve_to_what_runs_here_or_are_refused(monkeypatch
         assert zoo.resolve_device("auto", "auto") == (torch.device("cuda"), backend)
         assert zoo.resolve_device("cpu", "auto") == (torch.device("cpu"), "torch")
     assert zoo.ModelZoo(config, "unused").backend == "torch"  # device cpu: backend auto is the torch one
+
+
+def test_load_attacks_checks_entries_with_the_config_schema(tmp_path):
+    """``snn-adv evaluate --attacks FILE`` reads entries with the schema a config's attack lists get: every attack
+    the registry knows is accepted, an argument the attack does not take is refused with its path."""
+    from snn_adv.attacks import ATTACKS
+    from snn_adv.config import load_attacks
+
+    good = [{"name": name} for name in ATTACKS] + [{"name": "pgd", "eps": 0.1, "alpha_over_eps": 0.25}]
+    assert load_attacks(str(_write(tmp_path, good, "good.json"))) == good
+    with pytest.raises(ConfigError, match=r"'attacks\[1\].steps': not an argument of attack 'fgsm'"):
+        load_attacks(str(_write(tmp_path, [{"name": "pgd"}, {"name": "fgsm", "steps": 3}], "bad.json")))
+    with pytest.raises(ConfigError, match=r"'attacks\[0\].name' = \"pgdd\": must be one of"):
+        load_attacks(str(_write(tmp_path, {"attacks": [{"name": "pgdd"}]}, "typo.json")))
+
+
+def test_alpha_over_eps_sets_the_step_wherever_the_entry_has_eps():
+    from snn_adv.attack_specs import build_attack
+    from snn_adv.models import build_classifier
+
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled")
+    attack = build_attack({"name": "pgd", "eps": 0.2, "alpha_over_eps": 0.25, "steps": 3}, model)
+    assert (attack.eps, attack.alpha) == (0.2, 0.05)
+    with pytest.raises(ValueError, match="'alpha_over_eps' sets the step relative to eps and needs 'eps'"):
+        build_attack({"name": "pgd", "alpha_over_eps": 0.25}, model)

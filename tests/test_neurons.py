@@ -292,15 +292,25 @@ def test_hard_reset_variant_matches_its_hand_written_loop(step_mode, detach_rese
     weights = torch.randn(9, 4, 6, generator=g, dtype=torch.float64)
     node = HardResetLIFNode(0.8, 1.0, PiecewiseLinear(0.3, 1.0), detach_reset=detach_reset, step_mode=step_mode,
                             v_reset=0.2)
+
+    def hard_reset(h, s):
+        r = s.detach() if detach_reset else s
+        return h * (1 - r) + 0.2 * r
+
+    _check_against_hand_loop(node, x, weights, charge=lambda v, x_t: 0.8 * v + x_t, reset=hard_reset,
+                             plain=LeakyLIFNode(0.8, 1.0, step_mode=step_mode))  # differs from the soft reset it replaces
+
+
+def _check_against_hand_loop(node, x, weights, charge, reset, plain):
+    """``node``'s spikes, final membrane and BPTT gradient equal a hand-written loop of ``charge(v, x_t)``, the
+    straight-through spike (threshold 1, PiecewiseLinear(0.3, 1)) and ``reset(h, s)``; and differ from ``plain``'s."""
     spikes = _run(node, x)
     (grad,) = torch.autograd.grad((spikes * weights).sum() + node.v.sum(), x)
-
     v, ref_spikes = torch.zeros_like(x[0]), []
     for t in range(x.shape[0]):
-        h = 0.8 * v + x[t]
+        h = charge(v, x[t])
         s = _spike(h - 1.0, 0.3, 1.0)
-        r = s.detach() if detach_reset else s
-        v = h * (1 - r) + 0.2 * r
+        v = reset(h, s)
         ref_spikes.append(s)
     ref_spikes = torch.stack(ref_spikes)
     (ref_grad,) = torch.autograd.grad((ref_spikes * weights).sum() + v.sum(), x)
@@ -308,5 +318,43 @@ def test_hard_reset_variant_matches_its_hand_written_loop(step_mode, detach_rese
     assert torch.equal(spikes, ref_spikes.detach())
     torch.testing.assert_close(node.v, v.detach())
     torch.testing.assert_close(grad, ref_grad)
-    # and it differs from the soft reset it replaces
-    assert not torch.equal(spikes, _run(LeakyLIFNode(0.8, 1.0, step_mode=step_mode), x.detach()))
+    assert not torch.equal(spikes, _run(plain, x.detach()))
+
+
+class _DecayInputLIF(LeakyLIFNode):
+    """A user's variant in SpikingJelly's terms: it overrides the step hook ``neuronal_charge`` (input-decaying
+    charge ``v += (x - v) / tau``, tau = 2), not our ``charge``."""
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.v + (x - self.v) * 0.5
+
+
+@pytest.mark.parametrize("step_mode,store_v_seq", [("s", False), ("m", False), ("m", True)])
+def test_subclass_overriding_spikingjelly_step_hook_is_one_neuron_on_every_path(step_mode, store_v_seq):
+    """SpikingJelly's contract: a subclass overriding ``neuronal_charge`` gets it single-step, multistep and with
+    ``store_v_seq`` (multistep once ran the class's own charge instead: other spikes)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(10, 4, 6, generator=g, dtype=torch.float64) * 2.4 - 0.2).requires_grad_(True)
+    weights = torch.randn(10, 4, 6, generator=g, dtype=torch.float64)
+    node = _DecayInputLIF(0.9, 1.0, PiecewiseLinear(0.3, 1.0), step_mode=step_mode, store_v_seq=store_v_seq)
+    _check_against_hand_loop(node, x, weights, charge=lambda v, x_t: v + (x_t - v) * 0.5, reset=lambda h, s: h - s,
+                             plain=LeakyLIFNode(0.9, 1.0, step_mode=step_mode))
+
+
+def test_fast_paths_and_backward_rules_are_decided_per_class():
+    """The fused kernels and the gradient modes' backward rules are for classes whose dynamics are charge/reset:
+    a class overriding a SpikingJelly step hook is refused a rule with a reason, never given other dynamics."""
+    from snn_adv.attacks import gradient_mode
+    from snn_adv.neurons import supports_backward_rules
+
+    assert LeakyLIFNode.has_default_dynamics() and supports_backward_rules(LeakyLIFNode())
+    assert not HardResetLIFNode.has_default_dynamics() and supports_backward_rules(HardResetLIFNode())
+    assert not _DecayInputLIF.has_default_dynamics() and not supports_backward_rules(_DecayInputLIF())
+    net = torch.nn.Sequential(_DecayInputLIF(0.9, 1.0))
+    with pytest.raises(ValueError, match="step hooks"):
+        with gradient_mode(net, "rate"):
+            pass
+    with gradient_mode(net, "bptt"):  # surrogate BPTT through the hooks is fine
+        x = torch.rand(4, 2, 3, requires_grad=True)
+        functional.reset_net(net)
+        assert torch.autograd.grad(net(x * 3).sum(), x)[0].abs().sum() > 0

@@ -6,9 +6,10 @@ One file per attack family: :mod:`.fgsm`, :mod:`.pgd`, :mod:`.apgd` (APGD, APGD-
 gradient rules in :mod:`.gradients`; torchattacks adapter in :mod:`.adapter`; minimal-norm attacks at a budget
 and the gradient rescaler in :mod:`.budget`.
 """
-from .apgd import APGD
+from ..module_state import frozen_parameters, preserved_modes
 from .adapter import AdaptedSpikingClassifier, adapt, neurons_in_training_mode
-from .base import Attack, NoInputGradientError, frozen_parameters, preserved_modes, project
+from .apgd import APGD
+from .base import VANISHING_RATIO, Attack, GradientMaskingWarning, NoInputGradientError, project
 from .budget import BudgetedAttack, GradientScaled, perturbation_norm, within_budget
 from .ensemble import WorstCase, gradient_mode_ensemble
 from .fgsm import FGSM
@@ -30,6 +31,7 @@ __all__ = [
     "FGSM",
     "GRADIENT_MODES",
     "GradientMode",
+    "GradientMaskingWarning",
     "GradientScaled",
     "HART",
     "NoInputGradientError",
@@ -37,6 +39,7 @@ __all__ = [
     "PGD",
     "RateGradient",
     "SAPGD",
+    "VANISHING_RATIO",
     "Square",
     "WorstCase",
     "adapt",

@@ -62,7 +62,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..neurons import BackwardRule, LeakyLIFNode, PiecewiseLinear, spiking_neurons, surrogate_derivative
+from ..neurons import (BackwardRule, LeakyLIFNode, PiecewiseLinear, spiking_neurons, supports_backward_rules,
+                       surrogate_derivative)
 from ..validation import check_choice, check_fraction, check_positive
 
 __all__ = [
@@ -287,11 +288,12 @@ def gradient_mode(model: nn.Module, mode: Union[str, GradientMode] = "bptt", sur
     if not nodes and not is_default:
         raise ValueError(f"argument 'grad_mode' = {resolved!r}: needs a spiking model; this model has no spiking neurons")
     if resolved.needs_backward_rule:
-        stock = sorted({type(n).__name__ for n in nodes if not isinstance(n, LeakyLIFNode)})
+        stock = sorted({type(n).__name__ for n in nodes if not supports_backward_rules(n)})
         if stock:
             raise ValueError(
-                f"argument 'grad_mode' = {resolved.name!r}: needs snn_adv.neurons.LeakyLIFNode neurons, the model has {stock}; "
-                "use 'bptt' (optionally with surrogate=...) for stock SpikingJelly neurons"
+                f"argument 'grad_mode' = {resolved.name!r}: needs snn_adv.neurons.LeakyLIFNode neurons whose dynamics "
+                f"are charge/reset_after_spike, the model has {stock}; use 'bptt' (optionally with surrogate=...) for "
+                "stock SpikingJelly neurons or neurons that override SpikingJelly's step hooks"
             )
     saved = [(n, n.surrogate_function, getattr(n, "backward_rule", None)) for n in nodes]
     try:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..attacks import PGD
+from ..attacks.base import GradientMaskingWarning
 from ..attacks.budget import within_budget
 from ..neurons import spiking_neurons
 from ..stats import Comparison, compare, compare_to_bound
@@ -52,10 +53,6 @@ __all__ = [
 ]
 
 
-class GradientMaskingWarning(UserWarning):
-    """A self-check of an evaluation failed: its robustness numbers may come from masked gradients."""
-
-
 @dataclasses.dataclass
 class Check:
     """One self-check: ``passed`` is True, False (the suspicious direction is significant) or None (reported only
@@ -73,9 +70,18 @@ class Check:
     def from_dict(cls, data: Mapping[str, Any]) -> "Check":
         return cls(data["name"], data["passed"], data["detail"], dict(data.get("values", {})))
 
+    @property
+    def verdict(self) -> str:
+        """``PASS``, ``FAIL`` or ``info`` (every report words a verdict through this)."""
+        return {True: "PASS", False: "FAIL", None: "info"}[self.passed]
+
+    def report_line(self) -> str:
+        """The check as a markdown list item of a report (a failure is a sign of gradient masking, not a proof)."""
+        warning = " (possible gradient masking)" if self.passed is False else ""
+        return f"- {self.verdict}{warning}: {self.name}: {self.detail}"
+
     def __str__(self) -> str:
-        verdict = {True: "PASS", False: "FAIL", None: "info"}[self.passed]
-        return f"{verdict} {self.name}: {self.detail}"
+        return f"{self.verdict} {self.name}: {self.detail}"
 
 
 def _pct(value: float) -> str:

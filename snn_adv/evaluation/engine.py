@@ -30,22 +30,24 @@ import torch
 import torch.nn as nn
 
 from ..attacks import WorstCase
-from ..attacks.base import frozen_parameters, preserved_modes
+from ..attacks.base import VANISHING_RATIO
 from ..attacks.budget import NORMS, perturbation_norm
+from ..classifier import check_classifier
 from ..encoding import fixed_noise_seed, is_stochastic, stochastic_encoders
 from ..io import atomic_write_json, provenance
+from ..module_state import frozen_parameters, preserved_modes
 from ..progress import progress as progress_bar
-from ..stats import accuracy_interval
 from ..seeds import derive_seed
-from ..validation import check_classifier, check_positive_int, check_seed
+from ..stats import accuracy_interval
+from ..validation import check_positive_int, check_seed
 
-__all__ = ["CleanMemo", "EvaluationResult", "KINDS", "check_attack_protocol", "evaluate", "describe_attack", "describe_model",
+__all__ = ["CleanMemo", "EvaluationResult", "OUTCOMES", "check_attack_protocol", "evaluate", "describe_attack", "describe_model",
            "model_fingerprint", "seeded_stream"]
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 Data = Union[Batches, Tuple[torch.Tensor, torch.Tensor]]
 #: what :meth:`EvaluationResult.accuracy` can measure: clean, adversarial, robust (clean and adversarial correct)
-KINDS = ("clean", "adversarial", "robust")
+OUTCOMES = ("clean", "adversarial", "robust")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -61,14 +63,12 @@ class EvaluationResult:
     :ivar member_correct: [M, N, S] bool per member of a worst case, else None.
     :ivar scoring_seeds: the S scoring seeds.
     :ivar settings: how the numbers were made (attack, models, seeds, provenance).
-    :ivar checks: self-checks attached by the caller (:func:`~snn_adv.evaluation.sanity_checks`).
 
     Accuracies average over images and seeds; intervals resample images (see :mod:`snn_adv.stats`).
     """
 
     def __init__(self, index, label, clean_correct, adversarial_correct, member_correct=None,
-                 scoring_seeds: Sequence[int] = (0,), settings: Optional[Dict[str, Any]] = None,
-                 checks: Optional[List[Any]] = None):
+                 scoring_seeds: Sequence[int] = (0,), settings: Optional[Dict[str, Any]] = None):
         self.index = np.asarray(index, dtype=np.int64)
         self.label = np.asarray(label, dtype=np.int64)
         self.clean_correct = np.asarray(clean_correct, dtype=bool)
@@ -76,7 +76,6 @@ class EvaluationResult:
         self.member_correct = None if member_correct is None else np.asarray(member_correct, dtype=bool)
         self.scoring_seeds = [int(s) for s in scoring_seeds]
         self.settings = dict(settings or {})
-        self.checks = list(checks or [])
         #: [M, N, ...] adversarial images of each member, kept by ``evaluate(..., keep_adversarial=True)``
         self.adversarial_examples: Optional[torch.Tensor] = None
         n, s = len(self.index), len(self.scoring_seeds)
@@ -101,7 +100,7 @@ class EvaluationResult:
             return self.adversarial_correct
         if kind == "robust":
             return self.clean_correct & self.adversarial_correct
-        raise ValueError(f"argument 'kind' = {kind!r}: must be one of {', '.join(KINDS)}")
+        raise ValueError(f"argument 'kind' = {kind!r}: must be one of {', '.join(OUTCOMES)}")
 
     def per_image(self, kind: str = "adversarial") -> np.ndarray:
         """[N] per-image accuracy of ``kind``: the fraction of scoring seeds on which the image is correct."""
@@ -167,7 +166,7 @@ class EvaluationResult:
         return cls(index[order], np.concatenate([r.label for r in results])[order],
                    np.concatenate([r.clean_correct for r in results])[order],
                    np.concatenate([r.adversarial_correct for r in results])[order], members, first.scoring_seeds,
-                   settings, [c for r in results for c in r.checks])
+                   settings)
 
     @classmethod
     def worst_case(cls, results: Sequence["EvaluationResult"], names: Optional[Sequence[str]] = None) -> "EvaluationResult":
@@ -213,12 +212,12 @@ class EvaluationResult:
         rows = np.asarray([position[int(i)] for i in index], dtype=np.int64)
         members = None if self.member_correct is None else self.member_correct[:, rows]
         return EvaluationResult(index, self.label[rows], self.clean_correct[rows], self.adversarial_correct[rows],
-                                members, self.scoring_seeds, self.settings, self.checks)
+                                members, self.scoring_seeds, self.settings)
 
     def summary(self, level: float = 0.95) -> Dict[str, Any]:
         """Accuracy and ``level`` interval of every kind, and the number of images and seeds."""
         out: Dict[str, Any] = {"n": self.n, "scoring_seeds": list(self.scoring_seeds), "level": level}
-        for kind in KINDS:
+        for kind in OUTCOMES:
             low, high = self.confidence_interval(kind, level) if self.n else (float("nan"), float("nan"))
             out[kind] = {"accuracy": self.accuracy(kind), "low": low, "high": high}
         return out
@@ -234,14 +233,11 @@ class EvaluationResult:
             "adversarial_correct": self.adversarial_correct.astype(int).tolist(),
             "member_correct": None if self.member_correct is None else self.member_correct.astype(int).tolist(),
             "settings": self.settings,
-            "checks": [c.to_dict() if hasattr(c, "to_dict") else c for c in self.checks],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EvaluationResult":
-        """Rebuild a result from :meth:`to_dict` (checks come back as :class:`~snn_adv.evaluation.Check`)."""
-        from .checks import Check
-
+        """Rebuild a result from :meth:`to_dict` (the always empty ``checks`` list of older files is ignored)."""
         missing = [k for k in ("index", "label", "scoring_seeds", "clean_correct", "adversarial_correct") if k not in data]
         if missing:
             raise ValueError(f"argument 'data': not an evaluation result, missing keys {missing}")
@@ -251,7 +247,7 @@ class EvaluationResult:
         members = data.get("member_correct")
         return cls(data["index"], data["label"], shape("clean_correct"), shape("adversarial_correct"),
                    None if members is None else np.asarray(members, dtype=bool).reshape(-1, n, s), seeds,
-                   data.get("settings"), [Check.from_dict(c) for c in data.get("checks", [])])
+                   data.get("settings"))
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` atomically as JSON."""
@@ -575,6 +571,7 @@ def evaluate(
     attack_seeds = [(m, m.seed) for m in members if hasattr(m, "seed")]
     active = None if active is None else torch.as_tensor(np.asarray(active, dtype=bool))
     kept: List[torch.Tensor] = []
+    vanishing: Dict[str, float] = {}  # member -> smallest first-gradient ratio below VANISHING_RATIO
 
     index: List[np.ndarray] = []
     labels_seen: List[np.ndarray] = []
@@ -607,6 +604,9 @@ def evaluate(
                     with seeded_stream(craft, crafting_encoders, device, encoder_seed=noise):
                         _seed_attack(member, craft)
                         crafted = member(crafted_images, crafted_labels).detach()
+                    ratio = getattr(member, "first_gradient_ratio", None)
+                    if ratio is not None and ratio < VANISHING_RATIO:
+                        vanishing[name] = min(ratio, vanishing.get(name, ratio))
                     _check_threat_model(crafted, crafted_images, getattr(member, "eps", None), name,
                                         getattr(member, "norm", "Linf"))
                     adversarial = crafted if rows is None else images.index_put((rows,), crafted)
@@ -667,6 +667,8 @@ def evaluate(
             "noise": None if fixed[name] is None else f"fixed draw (seed {fixed[name]})",
             "provenance": provenance(),
         }
+        if vanishing:  # the attack warned; the result says so too (no key when every gradient was usable)
+            settings["vanishing_gradient"] = {"members": vanishing, "threshold": VANISHING_RATIO}
         results[name] = EvaluationResult(np.concatenate(index), np.concatenate(labels_seen), clean, adversarial,
                                          member_correct if len(members) > 1 else None, seeds, settings)
         if keep_adversarial:

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
 from ..classifier import AnnClassifier, ImageClassifier, SpikingClassifier
 from ..data import DatasetSpec, dataset_info
 from ..encoding import Encoder, build_encoder
+from ..neurons import build_neuron
 from ..validation import check_choice
 from .folding import fold_batchnorm
 from .resnet import BasicBlock, resnet20
@@ -25,7 +26,7 @@ from .vgg import make_vgg, vgg5, vgg11
 __all__ = [
     "ARCHITECTURES",
     "BasicBlock",
-    "KINDS",
+    "CLASSIFIER_KINDS",
     "build_body",
     "build_classifier",
     "fold_batchnorm",
@@ -51,7 +52,7 @@ def vgg_tiny(in_channels: int = 1, num_classes: int = 10, input_size: Union[int,
 
 #: name -> factory ``f(in_channels, num_classes, input_size, **kwargs) -> nn.Module`` (an ANN body).
 ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {"vgg5": vgg5, "vgg11": vgg11, "resnet20": resnet20, "vgg-tiny": vgg_tiny}
-KINDS = ("ann", "snn")
+CLASSIFIER_KINDS = ("ann", "snn")
 
 
 def build_body(arch: str, dataset: DatasetSpec, **arch_kwargs: Any) -> nn.Module:
@@ -72,23 +73,33 @@ def build_classifier(
     encoder: Optional[Encoder] = None,
     readout: str = "membrane",
     backend: str = "torch",
+    neuron: Optional[Mapping[str, Any]] = None,
     **arch_kwargs: Any,
 ) -> ImageClassifier:
     """A fresh classifier of ``kind`` ``'ann'`` or ``'snn'`` (the twin of the ANN body: ``leak`` 1 for SNN-conv,
-    0.99 for SNN-BP; ``thresholds`` one per neuron layer; default encoder: Poisson).
+    0.99 for SNN-BP; ``thresholds`` one per neuron layer; default encoder: Poisson). ``neuron``: every neuron's
+    :meth:`~snn_adv.neurons.LeakyLIFNode.settings` record (``{"name": "hard_reset_lif", "v_reset": 0.0}``; a name of
+    :data:`~snn_adv.neurons.NEURONS`), recorded in ``arch["neuron"]``; default :class:`~snn_adv.neurons.LeakyLIFNode`.
 
     ``dataset``: a dataset name, a user's image-folder spec or :class:`~snn_adv.data.DatasetInfo` (its
     normalisation, channels, size and classes size the model). ``classifier.arch`` = ``{"name", "dataset",
     "kwargs"}`` (``dataset`` as its JSON spec): with the weights, all a checkpoint needs.
     """
-    check_choice("kind", kind, KINDS)
+    check_choice("kind", kind, CLASSIFIER_KINDS)
     info = dataset_info(dataset)
     body = build_body(arch, dataset, **arch_kwargs)
     common = dict(mean=info.mean, std=info.std, in_channels=info.in_channels, input_size=info.input_size,
                   arch={"name": arch, "dataset": info.spec(), "kwargs": dict(arch_kwargs)})
     if kind == "ann":
+        if neuron is not None:
+            raise ValueError("argument 'neuron' is for kind 'snn': an ANN has no spiking neurons")
         return AnnClassifier(body, **common)
-    return SpikingClassifier(spiking_twin(body, leak=leak, thresholds=thresholds, backend=backend),
+    factory = None
+    if neuron is not None:
+        common["arch"]["neuron"] = dict(neuron)
+        build_neuron(neuron, leak=leak, backend=backend)  # an unknown name or setting fails here, named
+        factory = lambda: build_neuron(neuron, leak=leak, backend=backend, step_mode="m")  # noqa: E731
+    return SpikingClassifier(spiking_twin(body, leak=leak, thresholds=thresholds, backend=backend, neuron_factory=factory),
                              encoder=encoder, timesteps=timesteps, readout=readout, **common)
 
 

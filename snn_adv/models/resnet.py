@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..validation import check_fraction, check_positive_int
-from .vgg import _init
+from .vgg import he_init
 
 __all__ = ["BasicBlock", "resnet20"]
 
@@ -72,5 +72,5 @@ def resnet20(
             height, wid = (height - 1) // 2 + 1, (wid - 1) // 2 + 1
     layers += [nn.Flatten(), nn.Linear(planes_in * height * wid, num_classes, bias=False)]
     body = nn.Sequential(*layers)
-    body.apply(_init)
+    body.apply(he_init)
     return body

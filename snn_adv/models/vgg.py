@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..validation import check_fraction, check_positive_int
 
-__all__ = ["VGG_CONFIGS", "make_vgg", "vgg5", "vgg11"]
+__all__ = ["VGG_CONFIGS", "he_init", "make_vgg", "vgg5", "vgg11"]
 
 #: VGG5  = conv64-avgpool-conv128-dropout-conv128-avgpool-fc-fc-fc(K)             (hidden 1024)
 #: VGG11 = 8 convs, 4 avgpools (as Rathi's VGG11), then fc-fc-fc(K)                 (hidden 4096)
@@ -22,7 +22,7 @@ VGG_CONFIGS = {
 }
 
 
-def _init(module: nn.Module) -> None:
+def he_init(module: nn.Module) -> None:
     """He initialisation for the ReLU layers (no biases to initialise)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -67,7 +67,7 @@ def make_vgg(
         nn.Linear(hidden, num_classes, bias=False),
     ]
     body = nn.Sequential(*layers)
-    body.apply(_init)
+    body.apply(he_init)
     return body
 
 

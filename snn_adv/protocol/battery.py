@@ -37,9 +37,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
-from ..attack_specs import build_surrogate
 from ..attacks import APGD, GRADIENT_MODES, PGD, SAPGD, Square, resolve_gradient_mode
-from ..neurons import LeakyLIFNode, spiking_neurons
+from ..neurons import build_surrogate, spiking_neurons, supports_backward_rules
 from ..seeds import canonical_json
 
 __all__ = ["CERTIFICATE", "LARGE_EPS", "VANISHING", "Stage", "VERSIONS", "battery_digest", "large_eps_attack", "stages_of"]
@@ -53,7 +52,7 @@ class Stage:
     :ivar attack: ``'apgd'``, ``'sapgd'`` or ``'square'``.
     :ivar arguments: the attack's arguments (``steps``, ``loss``, ``eot``, ``queries``, ...), eps excluded.
     :ivar grad_mode: ``None`` (the model's own surrogate, BPTT) or ``{"name": mode, **parameters}``; a ``bptt``
-        mode may carry an attacker ``surrogate`` spec (:func:`~snn_adv.attack_specs.build_surrogate`).
+        mode may carry an attacker ``surrogate`` spec (:func:`~snn_adv.neurons.build_surrogate`).
     :ivar transfer: crafted on each source instead of the target.
     """
 
@@ -78,8 +77,9 @@ class Stage:
         neurons = spiking_neurons(model)
         if not neurons:
             return "no spiking neurons: the model's gradient is exact, the stage would repeat apgd-ce"
-        if self.grad_mode["name"] != "bptt" and any(not isinstance(n, LeakyLIFNode) for n in neurons):
-            return f"gradient mode {self.grad_mode['name']!r} needs snn_adv's LeakyLIFNode (stock neurons)"
+        if self.grad_mode["name"] != "bptt" and not all(map(supports_backward_rules, neurons)):
+            return (f"gradient mode {self.grad_mode['name']!r} needs snn_adv's LeakyLIFNode with its own step hooks "
+                    "(stock neurons, or a class overriding SpikingJelly's)")
         return None
 
     def gradient_mode(self, model: nn.Module):
@@ -88,7 +88,7 @@ class Stage:
         spec = dict(self.grad_mode or {"name": "bptt"})
         name = spec.pop("name")
         neurons = spiking_neurons(model)
-        if name != "bptt" and (not neurons or any(not isinstance(n, LeakyLIFNode) for n in neurons)):
+        if name != "bptt" and (not neurons or not all(map(supports_backward_rules, neurons))):
             return resolve_gradient_mode("bptt")
         surrogate = spec.pop("surrogate", None)
         if name == "bptt":

@@ -263,8 +263,7 @@ def record_checks(ctx: StudyContext, checks: Sequence[Check]) -> str:
         return ""
     warn_failures(checks)
     atomic_write_json(ctx.out / "checks.json", [c.to_dict() for c in checks])
-    verdicts = {True: "PASS", False: "FAIL (possible gradient masking)", None: "info"}
-    lines = [f"- {verdicts[c.passed]}: {c.name}: {c.detail}" for c in checks]
+    lines = [c.report_line() for c in checks]
     section = ("Self-checks (Carlini et al. 2019; a check fails when its one-sided paired test is significant at "
                f"p < {1 - LEVEL:.2f}):\n" + "\n".join(lines) + "\n")
     with atomic_write(ctx.out / "checks.md", "w") as handle:
