@@ -27,10 +27,12 @@ import torch.nn.functional as F
 
 from .attacks import PGD
 from .attacks.base import project
+from .attacks.gradients import GRADIENT_MODES
 from .module_state import preserved_modes
+from .schema import FRACTION, POSITIVE_INT, Section, Value
 from .validation import check_choice, check_fraction, check_positive, check_positive_int
 
-__all__ = ["ADVERSARIAL_METHODS", "AdversarialTraining"]
+__all__ = ["ADVERSARIAL_METHODS", "ADVERSARIAL_SECTION", "AdversarialTraining"]
 
 #: method -> its paper's defaults (alpha, steps; beta for TRADES)
 ADVERSARIAL_METHODS: Dict[str, Dict[str, Any]] = {
@@ -38,6 +40,12 @@ ADVERSARIAL_METHODS: Dict[str, Dict[str, Any]] = {
     "fast": {"alpha_over_eps": 1.25, "steps": 1},
     "trades": {"alpha": 2 / 255, "steps": 10, "beta": 6.0},
 }
+
+#: a config's ``adversarial`` key of a model recipe: :class:`AdversarialTraining`'s fields
+ADVERSARIAL_SECTION = Section({"method": Value("str", choices=tuple(ADVERSARIAL_METHODS)), "eps": FRACTION,
+                               "alpha": Value("number", minimum=1e-12), "steps": POSITIVE_INT,
+                               "beta": Value("number", minimum=1e-12), "eot": POSITIVE_INT,
+                               "grad_mode": Value("str", choices=tuple(GRADIENT_MODES))}, required=("method",))
 
 
 class _TradesPGD(PGD):

@@ -7,165 +7,32 @@ each with its full key path::
     config key 'seed' = 'zero': must be an integer
     config key 'eval_seeds' = [0, 0, 0]: must not repeat a value (0 appears 2 times)
 
-Extending the schema: add a key to the :class:`Section` where it belongs in :data:`SCHEMA` (a study's section is in
-``STUDY_SECTIONS``, an attack entry's keys in ``ATTACK``), with a :class:`Value`, :class:`ListOf` or
-:class:`Section` that says what it may hold. Choices that grow with the package (datasets, architectures, attack
+The schema language is :mod:`snn_adv.schema`; this module composes what the owners of each section declare (a
+model recipe's keys: :data:`snn_adv.training.TRAIN_FIELDS`, :data:`snn_adv.conversion.CONVERT_FIELDS` and
+``HYBRID_FIELDS``, :data:`snn_adv.adversarial_training.ADVERSARIAL_SECTION`, composed per kind in
+:data:`snn_adv.zoo.MODEL_FIELDS`). Extending it: a new argument of ``train`` is one line in ``TRAIN_FIELDS``; a
+study's section is in ``STUDY_SECTIONS`` here, an attack entry's keys in ``ATTACK``, each a :class:`Value`,
+:class:`ListOf` or :class:`Section` that says what it may hold. Choices that grow with the package (datasets, architectures, attack
 names) are read from their registries when a config is checked, so a new dataset needs no schema change.
 
 JSON rather than TOML because the stdlib reads it on every supported Python (``tomllib`` is 3.11+).
 """
 from __future__ import annotations
 
-import difflib
 import json
 import tempfile
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .io import PathLike
+from .schema import (COUNT, FLAG, FRACTION, INT, LEAK, OBJECT, POSITIVE, POSITIVE_INT, TEXT, ConfigError, ListOf, MapOf,
+                     Section, Value, show)
+from .zoo import BACKENDS, DEVICES, KINDS, MODEL_FIELDS, MODEL_REQUIRED
 
 __all__ = ["ConfigError", "ListOf", "MapOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_attacks", "load_config",
            "merge", "parse_overrides", "validate_config"]
-
-Choices = Union[None, Sequence[Any], Callable[[], Sequence[Any]]]
-
-
-class ConfigError(ValueError):
-    """A config that does not fit :data:`SCHEMA`: ``problems`` lists each one with its full key path."""
-
-    def __init__(self, source: str, problems: Sequence[str]):
-        self.problems = list(problems)
-        super().__init__(f"{source}: " + "; ".join(self.problems))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The schema language: Value (a leaf), ListOf, Section (an object with known keys)
-# --------------------------------------------------------------------------------------------------------------
-_TYPES = {"int": "an integer", "number": "a number", "str": "a string", "bool": "true or false", "object": "an object",
-          "any": "any JSON value"}
-
-
-def _fits(kind: str, value: Any) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "object":
-        return isinstance(value, dict)
-    return True
-
-
-def _show(path: str, value: Any) -> str:
-    return f"config key {path!r} = {json.dumps(value)[:80]}"
-
-
-@dataclass(frozen=True)
-class Value:
-    """A leaf: a JSON value of ``kind`` (``int``, ``number``, ``str``, ``bool``, ``object``, ``any``), optionally
-    null, within ``[minimum, maximum]``, one of ``choices`` (a sequence, or a function returning one)."""
-
-    kind: str
-    nullable: bool = False
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    choices: Choices = None
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        if value is None:
-            if not self.nullable:
-                problems.append(f"{_show(path, value)}: must be {self.describe()}, not null")
-            return
-        if not _fits(self.kind, value):
-            problems.append(f"{_show(path, value)}: must be {self.describe()}")
-            return
-        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
-            problems.append(f"{_show(path, value)}: must be {self.describe()}")
-        choices = self.choices() if callable(self.choices) else self.choices
-        if choices is not None and value not in choices:
-            problems.append(f"{_show(path, value)}: must be one of {', '.join(json.dumps(c) for c in choices)}")
-
-    def describe(self) -> str:
-        text = _TYPES[self.kind]
-        if self.minimum is not None and self.maximum is not None:
-            text += f" in [{self.minimum:g}, {self.maximum:g}]"
-        elif self.minimum is not None:
-            text += f" >= {self.minimum:g}"
-        elif self.maximum is not None:
-            text += f" <= {self.maximum:g}"
-        return text + (" or null" if self.nullable else "")
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A JSON list of ``item``; ``unique``: no value twice; at least ``min_items`` entries."""
-
-    item: Any
-    unique: bool = False
-    min_items: int = 1
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        if not isinstance(value, list):
-            problems.append(f"{_show(path, value)}: must be a list")
-            return
-        if len(value) < self.min_items:
-            problems.append(f"{_show(path, value)}: must hold at least {self.min_items} entr"
-                            f"{'y' if self.min_items == 1 else 'ies'}")
-        if self.unique:
-            counts = Counter(json.dumps(v, sort_keys=True) for v in value)
-            for shown, count in ((v, n) for v, n in counts.items() if n > 1):
-                problems.append(f"{_show(path, value)}: must not repeat a value ({shown} appears {count} times)")
-        for i, entry in enumerate(value):
-            self.item.check(entry, f"{path}[{i}]", problems)
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A JSON object whose keys are names of the user's choosing, each value checked by ``value``."""
-
-    value: Any
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        if not isinstance(value, dict):
-            problems.append(f"{_show(path, value)}: must be an object")
-            return
-        for key, entry in value.items():
-            self.value.check(entry, f"{path}.{key}", problems)
-
-
-@dataclass(frozen=True)
-class Section:
-    """A JSON object with known keys: ``fields`` (key -> spec), of which ``required`` must be present. Unknown keys
-    are refused with the nearest valid one."""
-
-    fields: Mapping[str, Any]
-    required: Tuple[str, ...] = ()
-    extra: Callable[[Mapping[str, Any], str, List[str]], None] = field(default=lambda value, path, problems: None)
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        if not isinstance(value, dict):
-            problems.append(f"{_show(path, value) if path else 'config'}: must be an object")
-            return
-        for key, entry in value.items():
-            where = f"{path}.{key}" if path else key
-            if key in self.fields:
-                self.fields[key].check(entry, where, problems)
-                continue
-            near = difflib.get_close_matches(key, list(self.fields), n=1, cutoff=0.6)
-            hint = (f"did you mean {(path + '.' if path else '') + near[0]!r}?" if near
-                    else f"allowed here: {', '.join(sorted(self.fields))}")
-            problems.append(f"config key {where!r} is unknown; {hint}")
-        for key in self.required:
-            if key not in value:
-                problems.append(f"config key {(path + '.' if path else '') + key!r} is missing")
-        self.extra(value, path, problems)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # The schema of every key the package reads
@@ -186,12 +53,6 @@ def _attack_names() -> Sequence[str]:
     from .attack_specs import attack_names
 
     return attack_names()
-
-
-def _adversarial_methods() -> Sequence[str]:
-    from .adversarial_training import ADVERSARIAL_METHODS
-
-    return sorted(ADVERSARIAL_METHODS)
 
 
 def _protocol_versions() -> Sequence[str]:
@@ -219,20 +80,10 @@ class DatasetValue:
         try:
             dataset_info(value)
         except (TypeError, ValueError) as error:
-            problems.append(f"{_show(path, value)}: {error}")
+            problems.append(f"{show(path, value)}: {error}")
 
 
-INT = Value("int")
-POSITIVE_INT = Value("int", minimum=1)
-COUNT = Value("int", minimum=1, nullable=True)  # a number of images; null: all
-NUMBER = Value("number")
-POSITIVE = Value("number", minimum=0)
-FRACTION = Value("number", minimum=0, maximum=1)
-LEAK = Value("number", minimum=1e-9, maximum=1)
-TEXT = Value("str")
-FLAG = Value("bool")
-OBJECT = Value("object")  # free keys (architecture or torchattacks keyword arguments)
-KIND = Value("str", choices=("ann", "snn_conv", "snn_bp"))
+KIND = Value("str", choices=KINDS)
 MODE = Value("str", choices=("whitebox", "blackbox"))
 LEVELS = Value("int", minimum=2, nullable=True)
 
@@ -320,18 +171,6 @@ class AttackList(ListOf):
 ATTACK_LIST = AttackList(ATTACK)
 KIND_LIST = ListOf(KIND, unique=True)
 
-#: keys of :func:`snn_adv.training.train` a model recipe may set (the model zoo sets seed and progress itself)
-_TRAINING = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "batch_size": POSITIVE_INT,
-             "optimizer": Value("str", choices=("sgd", "adam")), "schedule": Value("str", choices=("cosine", "step", "constant")),
-             "momentum": POSITIVE, "weight_decay": POSITIVE, "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT,
-             "nesterov": FLAG, "warmup_epochs": Value("int", minimum=0),
-             "precision": Value("str", choices=("float32", "bfloat16")),
-             # adversarial training (snn_adv.adversarial_training): part of the recipe, so of the model's cache key
-             "adversarial": Section({"method": Value("str", choices=_adversarial_methods), "eps": FRACTION,
-                                     "alpha": Value("number", minimum=1e-12), "steps": POSITIVE_INT,
-                                     "beta": Value("number", minimum=1e-12), "eot": POSITIVE_INT,
-                                     "grad_mode": Value("str", choices=_gradient_modes)}, required=("method",))}
-
 _TEST_COUNT = {"test_count": COUNT}
 #: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images
 _TEST_COUNTS = Section({kind: Value("int", minimum=1) for kind in KIND.choices})
@@ -397,22 +236,6 @@ def _check_timesteps_fit(config: Mapping[str, Any], path: str, problems: List[st
             problems.append(str(error).replace("argument ", "config key ", 1))
 
 
-#: the keys of each kind's recipe section (``models.<kind>``), and those a recipe must give
-_MODEL_FIELDS: Dict[str, Dict[str, Any]] = {
-    "ann": {**_TRAINING, "train_count": COUNT},
-    "snn_conv": {"timesteps": POSITIVE_INT, "percentile": Value("number", minimum=1e-9, maximum=100),
-                 "calibration_count": POSITIVE_INT, "calibration_batch_size": POSITIVE_INT,
-                 "method": Value("str", choices=("threshold-balancing", "spikingjelly"))},
-    "snn_bp": {**_TRAINING, "timesteps": POSITIVE_INT, "leak": LEAK, "threshold_scale": Value("number", minimum=1e-9),
-               "train_count": COUNT},
-}
-_MODEL_REQUIRED = {"ann": ("epochs", "lr", "batch_size"), "snn_conv": ("timesteps", "calibration_count"),
-                   "snn_bp": ("timesteps", "epochs", "batch_size")}
-
-#: where models run (``device``) and on which spiking backend (``models.backend``): :func:`snn_adv.zoo.resolve_device`
-DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("torch", "cupy", "auto")
-
 SCHEMA = Section({
     "preset": TEXT,
     "description": TEXT,
@@ -427,9 +250,9 @@ SCHEMA = Section({
         "arch_kwargs": OBJECT,
         "backend": Value("str", choices=BACKENDS),
         "seeds": Section({"main": INT, "source": INT}, required=("main", "source")),
-        **{kind: Section(fields, required=_MODEL_REQUIRED[kind]) for kind, fields in _MODEL_FIELDS.items()},
+        **{kind: Section(fields, required=MODEL_REQUIRED[kind]) for kind, fields in MODEL_FIELDS.items()},
         # named variants of the recipes (e.g. adversarially trained): per kind, keys that replace the kind's own
-        "defences": MapOf(Section({kind: Section(fields) for kind, fields in _MODEL_FIELDS.items()})),
+        "defences": MapOf(Section({kind: Section(fields) for kind, fields in MODEL_FIELDS.items()})),
     }, required=("arch", "seeds", "ann", "snn_conv", "snn_bp")),
     "studies": Section(STUDY_SECTIONS),
 }, required=("seed", "eval_seeds", "eval_batch_size", "data", "models", "studies"), extra=_check_timesteps_fit)

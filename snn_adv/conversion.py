@@ -33,11 +33,17 @@ from .classifier import AnnClassifier, SpikingClassifier
 from .encoding import Encoder, PoissonEncoder
 from .models import fold_batchnorm, set_thresholds, snn_from_ann
 from .progress import describe, log, progress as progress_bar
+from .schema import LEAK, POSITIVE_INT, Value
 from .validation import check_choice, check_fraction, check_leak, check_positive, check_positive_int
 
-__all__ = ["METHODS", "convert", "hybrid_init"]
+__all__ = ["CONVERT_FIELDS", "HYBRID_FIELDS", "METHODS", "convert", "hybrid_init"]
 
 METHODS = ("threshold-balancing", "spikingjelly")
+#: the arguments of :func:`convert` a config's ``models.snn_conv`` recipe may set, and of :func:`hybrid_init` its
+#: ``models.snn_bp`` recipe (a test holds them to the signatures)
+CONVERT_FIELDS = {"timesteps": POSITIVE_INT, "method": Value("str", choices=METHODS),
+                 "percentile": Value("number", minimum=1e-9, maximum=100)}
+HYBRID_FIELDS = {"timesteps": POSITIVE_INT, "threshold_scale": Value("number", minimum=1e-9), "leak": LEAK}
 _SAMPLES_PER_BATCH = 1 << 21  # currents kept from the first batch for a percentile (that fraction of each batch)
 
 

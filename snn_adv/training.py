@@ -24,19 +24,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adversarial_training import AdversarialTraining
+from .adversarial_training import ADVERSARIAL_SECTION, AdversarialTraining
 from .classifier import ImageClassifier
 from .io import PathLike, atomic_write
 from .progress import describe, log, progress as progress_bar
+from .schema import FLAG, POSITIVE, POSITIVE_INT, Value
 from .validation import check_choice, check_positive, check_positive_int
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "evaluate_clean", "lr_factor", "seed_everything", "train", "train_ann", "train_snn"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TRAIN_FIELDS", "evaluate_clean", "lr_factor", "seed_everything",
+           "train", "train_ann", "train_snn"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 #: arithmetic of the training forward: float32, or bfloat16 autocast (mixed precision: weights, optimiser and the
 #: backward's accumulation stay float32; about 1.9x faster for VGG5 on a CPU with AVX-512 BF16)
 PRECISIONS = ("float32", "bfloat16")
+#: the keyword arguments of :func:`train` a config's model recipe may set, and what each may hold (the model zoo
+#: sets seed, progress and checkpoint itself; a test holds this to train's signature)
+TRAIN_FIELDS = {"epochs": POSITIVE_INT, "lr": Value("number", minimum=1e-12), "optimizer": Value("str", choices=OPTIMIZERS),
+                "schedule": Value("str", choices=SCHEDULES), "momentum": POSITIVE, "weight_decay": POSITIVE,
+                "micro_batch": POSITIVE_INT, "max_batches": POSITIVE_INT, "nesterov": FLAG,
+                "warmup_epochs": Value("int", minimum=0), "precision": Value("str", choices=PRECISIONS),
+                "adversarial": ADVERSARIAL_SECTION}
 
 
 def seed_everything(seed: int) -> None:

@@ -37,8 +37,7 @@ from torch.utils.data import Dataset
 from . import checkpoints
 from .cells import cell_key
 from .classifier import AnnClassifier, ImageClassifier, SpikingClassifier
-from .config import BACKENDS, DEVICES
-from .conversion import convert as convert_ann, hybrid_init
+from .conversion import CONVERT_FIELDS, HYBRID_FIELDS, convert as convert_ann, hybrid_init
 from .data import make_loader
 from .data.fingerprint import dataset_fingerprint
 from .distributed import dist_info, distributed_loader, wrap_ddp
@@ -47,18 +46,31 @@ from .io import PathLike
 from .models import build_classifier
 from .neurons import cupy_available
 from .seeds import derive_seed
-from .training import seed_everything, train
+from .schema import COUNT, POSITIVE_INT
+from .training import TRAIN_FIELDS, seed_everything, train
 from .validation import check_choice
 
-__all__ = ["KINDS", "LABELS", "ROLES", "ModelZoo", "apply_knobs", "data_recipe", "reset", "resolve_device"]
+__all__ = ["BACKENDS", "DEVICES", "KINDS", "LABELS", "MODEL_FIELDS", "MODEL_REQUIRED", "ROLES", "ModelZoo", "apply_knobs",
+           "data_recipe", "reset", "resolve_device"]
 
 KINDS = ("ann", "snn_conv", "snn_bp")
 LABELS = {"ann": "ANN", "snn_conv": "SNN-conv", "snn_bp": "SNN-BP"}
 ROLES = ("main", "source")
 
-#: recipe keys that are not arguments of :func:`snn_adv.training.train`
-_NOT_TRAIN_ARGS = {"kind", "arch", "arch_kwargs", "dataset", "data", "train_count", "seed", "config_seed",
-                   "batch_size", "from", "timesteps", "leak", "threshold_scale"}
+#: where models run (``device``) and on which spiking backend (``models.backend``): :func:`resolve_device`
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("torch", "cupy", "auto")
+#: the keys of each kind's recipe (a config's ``models.<kind>``): its trainer's or converter's own, and the zoo's
+#: data keys (training batch and subset, calibration images)
+_DATA_FIELDS = {"batch_size": POSITIVE_INT, "train_count": COUNT}
+MODEL_FIELDS = {
+    "ann": {**TRAIN_FIELDS, **_DATA_FIELDS},
+    "snn_conv": {**CONVERT_FIELDS, "calibration_count": POSITIVE_INT, "calibration_batch_size": POSITIVE_INT},
+    "snn_bp": {**TRAIN_FIELDS, **HYBRID_FIELDS, **_DATA_FIELDS},
+}
+#: the keys a kind's recipe must give
+MODEL_REQUIRED = {"ann": ("epochs", "lr", "batch_size"), "snn_conv": ("timesteps", "calibration_count"),
+                  "snn_bp": ("timesteps", "epochs", "batch_size")}
 
 
 def data_recipe(data: Mapping[str, Any]) -> Dict[str, Any]:
@@ -105,7 +117,7 @@ def _fit(model: ImageClassifier, recipe: Mapping[str, Any], data: Mapping[str, A
     dataset = _train_set(data, recipe.get("train_count", data.get("train_count")))
     loader, sampler = distributed_loader(dataset, recipe["batch_size"], seed=seed)
     net = wrap_ddp(model)
-    kwargs = {k: v for k, v in recipe.items() if k not in _NOT_TRAIN_ARGS}
+    kwargs = {k: v for k, v in recipe.items() if k in TRAIN_FIELDS}
     train(net, loader, seed=seed, progress=progress, on_epoch_start=lambda epoch: sampler.set_epoch(epoch - 1),
           checkpoint=checkpoint, **kwargs)
     model.eval()

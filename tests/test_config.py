@@ -197,3 +197,25 @@ def test_alpha_over_eps_sets_the_step_wherever_the_entry_has_eps():
     assert (attack.eps, attack.alpha) == (0.2, 0.05)
     with pytest.raises(ValueError, match="'alpha_over_eps' sets the step relative to eps and needs 'eps'"):
         build_attack({"name": "pgd", "alpha_over_eps": 0.25}, model)
+
+
+def test_recipe_keys_are_their_owners_arguments():
+    """config composes what its owners declare: every key of a model recipe is an argument of the function that
+    uses it (train, convert, hybrid_init) or one of the zoo's data keys, and every argument a recipe may set is
+    declared (a new argument of train is one line in training.CONFIG_FIELDS, not a copy in config.py)."""
+    import inspect
+
+    from snn_adv.conversion import CONVERT_FIELDS as CONVERSION, HYBRID_FIELDS, convert, hybrid_init
+    from snn_adv.training import TRAIN_FIELDS as TRAINING, train
+    from snn_adv.zoo import MODEL_FIELDS
+
+    def arguments(function, *skip):
+        return set(inspect.signature(function).parameters) - set(skip)
+
+    assert set(TRAINING) == arguments(train, "model", "train_loader", "test_loader", "seed", "progress", "on_epoch_end",
+                                      "on_epoch_start", "checkpoint")
+    assert set(CONVERSION) <= arguments(convert) and set(HYBRID_FIELDS) == arguments(hybrid_init, "snn")
+    data_keys = {"batch_size", "train_count", "calibration_count", "calibration_batch_size"}
+    assert set(MODEL_FIELDS["ann"]) == set(TRAINING) | {"batch_size", "train_count"}
+    assert set(MODEL_FIELDS["snn_bp"]) == set(TRAINING) | set(HYBRID_FIELDS) | {"batch_size", "train_count"}
+    assert set(MODEL_FIELDS["snn_conv"]) - set(CONVERSION) <= data_keys
