@@ -49,22 +49,10 @@ def _architectures() -> Sequence[str]:
     return sorted(ARCHITECTURES)
 
 
-def _attack_names() -> Sequence[str]:
-    from .attack_specs import attack_names
-
-    return attack_names()
-
-
 def _protocol_versions() -> Sequence[str]:
     from .protocol import VERSIONS
 
     return sorted(VERSIONS)
-
-
-def _gradient_modes() -> Sequence[str]:
-    from .attacks.gradients import GRADIENT_MODES
-
-    return list(GRADIENT_MODES)
 
 
 @dataclass(frozen=True)
@@ -87,24 +75,17 @@ KIND = Value("str", choices=KINDS)
 MODE = Value("str", choices=("whitebox", "blackbox"))
 LEVELS = Value("int", minimum=2, nullable=True)
 
-SURROGATE = Section({"name": TEXT, "alpha": POSITIVE, "gamma": POSITIVE, "width": POSITIVE, "spiking": FLAG},
-                    required=("name",))
-#: keys of an attack entry that are table metadata or study settings, not arguments of the attack's class
-_ATTACK_METADATA = ("name", "label", "snn_only", "study_modes", "alpha_over_eps")
+#: keys of an attack entry that are table metadata or study settings, not arguments of its attack
+_ATTACK_METADATA = {"label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True), "alpha_over_eps": POSITIVE}
 
 
-#: the keys a ``torchattacks`` entry uses besides its metadata: its arguments go in ``kwargs``
-_TORCHATTACKS_KEYS = ("class", "kwargs")
-
-
-def _attack_arguments(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
-    """An entry of one of our attacks (``fgsm``, ``pgd``) may set only that class's arguments (not ``seed``: the
-    cell derives it): ``steps`` on ``fgsm`` is refused at load, not after the models were trained. A ``torchattacks``
-    entry takes ``class`` and ``kwargs`` only (a top-level ``eps`` would be ignored). ``alpha_over_eps`` needs the
-    entry's ``eps`` (or the eps study, which supplies it) and excludes ``alpha``."""
-    import inspect
-
-    from .attacks import ATTACKS
+def _attack_entry_keys(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """An entry takes only its own keys (:class:`snn_adv.attack_specs.AttackEntry` ``fields``; not ``seed``: the cell
+    derives it) besides the metadata, and its required ones: ``steps`` on ``fgsm`` is refused at load, not after the
+    models were trained; a ``torchattacks`` entry takes ``class`` and ``kwargs`` (a top-level ``eps`` would be
+    ignored). ``alpha_over_eps`` needs the entry's ``eps`` (or the eps study, which supplies it) and excludes
+    ``alpha``."""
+    from .attack_specs import ENTRIES
 
     if "alpha_over_eps" in value:
         if "alpha" in value:
@@ -112,35 +93,39 @@ def _attack_arguments(value: Mapping[str, Any], path: str, problems: List[str]) 
         elif "eps" not in value and not path.startswith("studies.eps."):
             problems.append(f"config key {path + '.alpha_over_eps'!r}: a step relative to eps needs the entry's "
                             "'eps' (only the eps study supplies one)")
-    if value.get("name") == "torchattacks":
-        if "class" not in value:
-            problems.append(f"config key {path!r}: a torchattacks entry names its 'class' (e.g. \"APGD\")")
-        for key in value:
-            if key not in _TORCHATTACKS_KEYS and key not in _ATTACK_METADATA:
-                problems.append(f"config key {path + '.' + key!r}: not used by a torchattacks entry (its arguments go "
-                                f"in 'kwargs', e.g. \"kwargs\": {{{json.dumps(key)}: ...}})")
-        return
-    cls = ATTACKS.get(value.get("name")) if isinstance(value.get("name"), str) else None
-    if cls is None:
-        return
-    accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass)
-                for name, p in inspect.signature(klass.__init__).parameters.items()
-                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in ("self", "model", "seed")}
+    name = value.get("name")
+    entry = ENTRIES.get(name) if isinstance(name, str) else None
+    if entry is None:
+        return  # reported by the name's choices
     for key in value:
-        if key in ATTACK.fields and key not in accepted and key not in _ATTACK_METADATA:  # unknown keys: reported
-            problems.append(f"config key {path + '.' + key!r}: not an argument of attack {value['name']!r} "
-                            f"(it takes {', '.join(sorted(accepted))})")
+        if key == "name" or key in entry.fields or key in _ATTACK_METADATA:
+            continue
+        if name == "torchattacks":
+            problems.append(f"config key {path + '.' + key!r}: not used by a torchattacks entry (its arguments go "
+                            f"in 'kwargs', e.g. \"kwargs\": {{{json.dumps(key)}: ...}})")
+        else:
+            problems.append(f"config key {path + '.' + key!r}: not an argument of attack {name!r} "
+                            f"(it takes {', '.join(sorted(entry.fields)) or 'none'})")
+    for key in entry.required:
+        if key not in value:
+            problems.append(f"config key {path!r}: a {name!r} entry needs {key!r}")
 
 
-ATTACK = Section({
-    "name": Value("str", choices=_attack_names),
-    "eps": FRACTION, "alpha": POSITIVE, "alpha_over_eps": POSITIVE, "steps": POSITIVE_INT,
-    "restarts": POSITIVE_INT, "random_start": FLAG, "grad_mode": Value("str", choices=_gradient_modes),
-    "eot": POSITIVE_INT, "surrogate": SURROGATE,
-    "modes": ListOf(Value("str", choices=_gradient_modes), unique=True), "surrogates": ListOf(SURROGATE, min_items=0),
-    "class": TEXT, "kwargs": OBJECT, "of": ListOf(TEXT, unique=True, min_items=2),
-    "label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True),
-}, required=("name",), extra=_attack_arguments)
+@dataclass(frozen=True)
+class AttackEntrySchema:
+    """An attack entry: a ``name`` of :data:`snn_adv.attack_specs.ENTRIES` and the keys that entry takes, read from
+    the registry when a config is checked (a registered attack needs no change here)."""
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        from .attack_specs import ENTRIES
+
+        fields = {"name": Value("str", choices=tuple(ENTRIES)), **_ATTACK_METADATA}
+        for entry in ENTRIES.values():
+            fields.update({k: v for k, v in entry.fields.items() if k not in fields})
+        Section(fields, required=("name",), extra=_attack_entry_keys).check(value, path, problems)
+
+
+ATTACK = AttackEntrySchema()
 
 
 @dataclass(frozen=True)
@@ -158,10 +143,7 @@ class AttackList(ListOf):
         for i, entry in enumerate(value):
             if not (isinstance(entry, dict) and entry.get("name") == "worst_of"):
                 continue
-            if "of" not in entry:
-                problems.append(f"config key {f'{path}[{i}]'!r}: a 'worst_of' entry needs 'of', the labels of the "
-                                "entries it is the per-sample worst case of")
-            elif isinstance(entry["of"], list):
+            if isinstance(entry.get("of"), list):
                 for label in entry["of"]:
                     if label not in labels:
                         problems.append(f"config key {f'{path}[{i}].of'!r}: {label!r} is not the label of another "

@@ -53,7 +53,7 @@ def _write(tmp_path, config, name="c.json"):
     ({"studies": {"strong": {"attacks": [{"name": "torchattacks", "class": "PGD", "eps": 0.1}]}}},
      r"'studies.strong.attacks\[0\].eps': not used by a torchattacks entry \(its arguments go in 'kwargs'"),
     ({"studies": {"strong": {"attacks": [{"name": "torchattacks", "kwargs": {"eps": 0.1}}]}}},
-     r"'studies.strong.attacks\[0\]': a torchattacks entry names its 'class'"),
+     r"'studies.strong.attacks\[0\]': a 'torchattacks' entry needs 'class'"),
     ({"studies": {"strong": {"attacks": [{"name": "pgd", "alpha_over_eps": 0.25}]}}},
      r"'studies.strong.attacks\[0\].alpha_over_eps': a step relative to eps needs the entry's 'eps'"),
     ({"studies": {"strong": {"attacks": [{"name": "pgd", "eps": 0.1, "alpha": 0.01, "alpha_over_eps": 0.25}]}}},
@@ -177,10 +177,11 @@ def test_device_and_backend_resolve_to_what_runs_here_or_are_refused(monkeypatch
 def test_load_attacks_checks_entries_with_the_config_schema(tmp_path):
     """``snn-adv evaluate --attacks FILE`` reads entries with the schema a config's attack lists get: every attack
     the registry knows is accepted, an argument the attack does not take is refused with its path."""
-    from snn_adv.attacks import ATTACKS
+    from snn_adv.attack_specs import ENTRIES
     from snn_adv.config import load_attacks
 
-    good = [{"name": name} for name in ATTACKS] + [{"name": "pgd", "eps": 0.1, "alpha_over_eps": 0.25}]
+    good = [{"name": name} for name, entry in ENTRIES.items() if not entry.required and name != "clean"]
+    good += [{"name": "pgd", "eps": 0.1, "alpha_over_eps": 0.25}, {"name": "torchattacks", "class": "PGD"}]
     assert load_attacks(str(_write(tmp_path, good, "good.json"))) == good
     with pytest.raises(ConfigError, match=r"'attacks\[1\].steps': not an argument of attack 'fgsm'"):
         load_attacks(str(_write(tmp_path, [{"name": "pgd"}, {"name": "fgsm", "steps": 3}], "bad.json")))

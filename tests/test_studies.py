@@ -576,3 +576,40 @@ def test_cli_evaluate_prints_the_engine_numbers_with_intervals_and_verdicts(tiny
     capsys.readouterr()
     assert main(["evaluate", str(snn), "--attacks", str(autoattack), "--test-count", "10", "--quiet"]) == 2
     assert re.search(f"snn-adv: error: .*on target {snn.stem}.*version='rand'", capsys.readouterr().err)
+
+
+class _ShiftAttack:
+    """A contributor's toy attack: ``eps`` added to every pixel (clipped to [0, 1]); enough to see it run everywhere."""
+
+    def __init__(self, model, eps: float = 0.1, seed=None):
+        self.model, self.eps, self.seed = model, eps, seed
+
+    def __call__(self, images, labels):
+        return (images + self.eps).clamp(0, 1)
+
+
+def test_a_registered_attack_runs_in_build_attack_the_schema_the_cli_and_a_study(tiny_run, tmp_path, monkeypatch, capsys):
+    """Adding an attack is its class plus one registry line; an argument it does not take is refused at load."""
+    from snn_adv import attack_specs, checkpoints
+    from snn_adv.cli import main
+    from snn_adv.config import ConfigError, load_attacks, merge, validate_config
+
+    monkeypatch.setitem(attack_specs.ENTRIES, "shift", attack_specs.class_entry(_ShiftAttack))  # the one line
+    out, config, zoo, _ = tiny_run
+    entry = {"name": "shift", "eps": 0.2, "label": "SHIFT"}
+    attack = attack_specs.build_attack(entry, checkpoints.load(zoo.path("ann")), seed=3)
+    assert isinstance(attack, _ShiftAttack) and (attack.eps, attack.seed) == (0.2, 3)
+    with pytest.raises(ConfigError, match=r"'attacks\[0\].steps': not an argument of attack 'shift' \(it takes eps\)"):
+        load_attacks(str(_write_json(tmp_path / "bad.json", [{"name": "shift", "steps": 3}])))
+    attacks = _write_json(tmp_path / "shift.json", [entry])
+    assert load_attacks(str(attacks)) == [entry]
+    assert main(["evaluate", str(zoo.path("ann")), "--attacks", str(attacks), "--test-count", "10", "--quiet"]) == 0
+    assert "SHIFT WB" in capsys.readouterr().out
+    study = validate_config(merge(config, {"studies": {"robustness": {"attacks": [entry], "kinds": ["ann"]}}}))
+    table = run_study("robustness", study, tmp_path / "study", zoo=zoo, progress=False)
+    assert "SHIFT" in table
+
+
+def _write_json(path, value):
+    path.write_text(json.dumps(value))
+    return path

@@ -18,12 +18,9 @@ from .pgd import PGD
 from .sapgd import SAPGD
 from .square import Square
 
-ATTACKS = {"fgsm": FGSM, "pgd": PGD}
-
 __all__ = [
     "APGD",
     "ASSG",
-    "ATTACKS",
     "AdaptedSpikingClassifier",
     "Attack",
     "BPTT",

@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 
 from .. import plots
-from ..attack_specs import attack_label, check_protocols
+from ..attack_specs import ENTRIES, attack_label, check_protocols
 from ..cells import cell_key, markdown_table
 from ..distributed import dist_info
-from ..evaluation import (MINIMAL_NORM_ATTACKS, Check, CleanMemo, EvaluationResult, check_gradient_free, check_minimal_norm,
+from ..evaluation import (Check, CleanMemo, EvaluationResult, check_gradient_free, check_minimal_norm,
                           check_more_effort, check_not_weaker, check_whitebox_vs_transfer)
 from ..stats import compare
 from ..zoo import KINDS, LABELS
@@ -42,12 +42,12 @@ def attack_checks(spec: Mapping[str, Any], reference: Mapping[str, Any], result:
     """The self-checks an attack entry ``spec`` owes against the section's first (``reference``) on ``target``."""
     label, ref_label = attack_label(spec), attack_label(reference)
     checks = []
-    if spec["name"] == "torchattacks" and spec.get("class") == "Square":
+    owed = ENTRIES[spec["name"]].owes(spec)
+    if owed == "gradient_free":
         checks.append(check_gradient_free(baseline, result))
-    elif spec["name"] == "torchattacks" and spec.get("class") in MINIMAL_NORM_ATTACKS:
+    elif owed == "minimal_norm":
         checks.append(check_minimal_norm(baseline, result, label))
-    elif (reference["name"] == "fgsm" and spec["name"] in ("pgd", "ensemble")) or spec.get("eot") or \
-            spec["name"] == "ensemble":
+    elif owed == "not_weaker" or spec.get("eot") or (owed == "iterative" and reference["name"] == "fgsm"):
         checks.append(check_not_weaker(result, baseline, f"not_weaker_than_{ref_label}[{label}]",
                                        f"{label} vs {ref_label}"))
     if spec["name"] == reference["name"] == "pgd" and _pgd_effort(spec) == _pgd_effort(reference):
