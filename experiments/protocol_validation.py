@@ -33,7 +33,7 @@ from snn_adv.neurons import PiecewiseLinear, spiking_neurons
 from snn_adv.protocol import robust_accuracy
 from snn_adv.protocol.report import FORWARD_COST
 from snn_adv.protocol.run import CostMeter
-from snn_adv.stats import compare
+from snn_adv.evaluation import compare
 from snn_adv.training import seed_everything, train_ann
 
 EPS = 8 / 255

@@ -9,7 +9,8 @@ tests its claims under strong adaptive attacks. The public API, by room:
   :func:`resnet20`, :func:`spiking_twin`, :func:`load_tensors`, :func:`make_loader`, :func:`train`,
   :func:`convert`, :func:`hybrid_init`, :mod:`checkpoints`
 - attacks and evaluation: :class:`FGSM`, :class:`PGD`, :class:`WorstCase`, :func:`gradient_mode`, :func:`adapt`,
-  :func:`evaluate` (:class:`EvaluationResult` with intervals), :mod:`stats` (paired tests),
+  :func:`evaluate` (:class:`EvaluationResult` with intervals; paired tests between results in
+  :mod:`snn_adv.evaluation`), :mod:`stats` (the array-level tests and intervals),
   :func:`sanity_checks`, :func:`fixed_noise`, :func:`is_stochastic`, :func:`check_attack_protocol`
 - the robustness protocol (versioned battery, cascade, certificate): :mod:`protocol`
   (``snn_adv.protocol.robust_accuracy``)

@@ -29,8 +29,8 @@ per-image mean over seeds ``m_i = mean_s c[i, s]`` and resamples images:
 
   The sign-flip test needs no normal approximation, is exact at the small n of these studies and respects the
   pairing. One-sided alternatives give one-sided intervals (the other end: the limit of the difference).
-  :func:`compare` applies it to two accuracies of evaluation results.
-- :func:`compare_to_bound`: one-sided test of ``H0: accuracy <= bound`` (exact binomial for binary ``m_i``, else a
+  :func:`snn_adv.evaluation.compare` applies it to two accuracies of evaluation results.
+- :func:`bound_test` (:func:`snn_adv.evaluation.compare_to_bound` on a result): one-sided test of ``H0: accuracy <= bound`` (exact binomial for binary ``m_i``, else a
   bootstrap p-value) with the one-sided interval that inverts it, for "large eps reaches about 0".
 - :func:`holm`: Holm's step-down adjustment of the p-values of a family of comparisons (a verdict drawn from a
   family uses the adjusted ones).
@@ -39,16 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as _scipy_stats
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .evaluation import EvaluationResult
-
-__all__ = ["Comparison", "accuracy_interval", "compare", "compare_to_bound", "holm", "mean_interval",
-           "paired_difference", "paired_outcomes"]
+__all__ = ["Comparison", "accuracy_interval", "bound_test", "holm", "mean_interval", "paired_difference"]
 
 #: bootstrap / Monte Carlo resamples: the Monte Carlo error of a 95 % bound is about 0.002 at n = 100 images.
 RESAMPLES = 10_000
@@ -155,19 +151,6 @@ def accuracy_interval(per_image: np.ndarray, level: float = 0.95, seed: int = 0)
         interval = _scipy_stats.binomtest(int(per_image.sum()), len(per_image)).proportion_ci(level, "exact")
         return float(interval.low), float(interval.high)
     return mean_interval(per_image, level, seed)
-
-
-def paired_outcomes(a: "EvaluationResult", kind_a: str, b: "EvaluationResult", kind_b: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-image accuracies (mean over seeds) of ``a`` and ``b`` on the same images, in the same order.
-
-    :raises ValueError: when the two results were not computed on the same image indices and labels.
-    """
-    if a.index.shape != b.index.shape or not np.array_equal(a.index, b.index):
-        raise ValueError("arguments 'a' and 'b': results on different images (their 'index' arrays differ); a paired "
-                         "test needs the same images in both")
-    if not np.array_equal(a.label, b.label):
-        raise ValueError("arguments 'a' and 'b': the same image indices carry different labels (different data sets)")
-    return a.per_image(kind_a), b.per_image(kind_b)
 
 
 def _mcnemar(differences: np.ndarray, level: float, alternative: str) -> Tuple[float, float, float]:
@@ -292,28 +275,9 @@ def paired_difference(x: np.ndarray, y: np.ndarray, level: float = 0.95, alterna
     return Comparison(float(differences.mean()), low, high, p_value, method, len(differences), alternative)
 
 
-def compare(
-    a: "EvaluationResult",
-    b: "EvaluationResult",
-    kind_a: str = "adversarial",
-    kind_b: str = "adversarial",
-    level: float = 0.95,
-    alternative: str = "two-sided",
-    seed: int = 0,
-) -> Comparison:
-    """Paired test of ``accuracy(a, kind_a) - accuracy(b, kind_b)`` on the same images: :func:`paired_difference`
-    of their per-image accuracies (:func:`paired_outcomes`).
-
-    E.g. whitebox vs blackbox: ``compare(whitebox, blackbox)``; clean vs adversarial of one result:
-    ``compare(r, r, 'clean', 'adversarial')``. ``seed`` seeds the Monte Carlo test; a one-sided interval ends at
-    -1 or 1 (a difference of accuracies).
-    """
-    level, alternative = _check_level(level), _check_alternative(alternative)
-    return paired_difference(*paired_outcomes(a, kind_a, b, kind_b), level, alternative, seed, limits=(-1.0, 1.0))
-
-
-def compare_to_bound(result: "EvaluationResult", kind: str, bound: float, level: float = 0.95, seed: int = 0) -> Comparison:
-    """One-sided test of ``H0: accuracy <= bound`` against ``accuracy > bound``; ``difference = accuracy - bound``,
+def bound_test(per_image: np.ndarray, bound: float, level: float = 0.95, seed: int = 0) -> Comparison:
+    """One-sided test of ``H0: accuracy <= bound`` against ``accuracy > bound`` for per-image accuracies ``per_image``
+    (means over seeds); ``difference = accuracy - bound``,
     with the one-sided interval ``[low, 1 - bound]`` that inverts the test (``low > 0`` exactly when ``p < 1 - level``).
 
     Binary per-image outcomes: the exact binomial test, and ``low`` from the one-sided Clopper-Pearson bound
@@ -325,7 +289,7 @@ def compare_to_bound(result: "EvaluationResult", kind: str, bound: float, level:
     level = _check_level(level)
     if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 <= bound < 1.0:
         raise ValueError(f"argument 'bound' = {bound!r}: must lie in [0, 1)")
-    per_image = result.per_image(kind)
+    per_image = np.asarray(per_image, dtype=float)
     mean, n = float(per_image.mean()), len(per_image)
     if _is_binary(per_image):
         k = int(per_image.sum())

@@ -13,7 +13,7 @@ from snn_adv.config import ConfigError, load_config
 from snn_adv.configs import config_path
 from snn_adv.distributed import distributed_loader
 from snn_adv.models import build_classifier
-from snn_adv.stats import compare
+from snn_adv.evaluation import compare
 from snn_adv.training import train
 from snn_adv.zoo import ModelZoo
 

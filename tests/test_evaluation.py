@@ -13,7 +13,7 @@ from snn_adv.attacks import FGSM, PGD, WorstCase, gradient_mode_ensemble
 from snn_adv.encoding import fixed_noise
 from snn_adv.neurons import spiking_neurons
 from snn_adv.evaluation import CleanMemo, EvaluationResult, evaluate, model_fingerprint
-from snn_adv.stats import compare
+from snn_adv.evaluation import compare
 from snn_adv.seeds import derive_seed
 
 

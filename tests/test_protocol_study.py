@@ -9,7 +9,7 @@ from snn_adv.config import ConfigError, load_config
 from snn_adv.configs import config_path
 from snn_adv.evaluation import EvaluationResult
 from snn_adv.protocol import LARGE_EPS, VERSIONS, robust_accuracy
-from snn_adv.stats import compare
+from snn_adv.evaluation import compare
 from snn_adv.studies import run_study
 from snn_adv.zoo import ModelZoo
 from test_robust_protocol import TEST_BATTERY

@@ -22,7 +22,7 @@ from snn_adv.encoding import PoissonEncoder, is_stochastic
 from snn_adv.neurons import PiecewiseLinear, spiking_neurons
 from snn_adv.protocol import (LARGE_EPS, VERSIONS, Stage, battery_digest, gradient_probe, robust_accuracy, stages_of,
                               vanishing_gradient_check)
-from snn_adv.stats import compare
+from snn_adv.evaluation import compare
 
 TEST_BATTERY = (
     Stage("apgd-ce", "apgd", {"steps": 5, "loss": "ce", "eot": 1}),

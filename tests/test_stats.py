@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from scipy import optimize as scipy_optimize, stats as scipy_stats
 
 from snn_adv.evaluation import EvaluationResult
-from snn_adv.stats import RESAMPLES, accuracy_interval, compare, compare_to_bound, holm, mean_interval, paired_difference
+from snn_adv.evaluation import compare, compare_to_bound
+from snn_adv.stats import RESAMPLES, accuracy_interval, holm, mean_interval, paired_difference
 
 
 def result(adversarial, clean=None, index=None, label=None):

@@ -1,6 +1,6 @@
 r"""Self-checks of an evaluation (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; AutoAttack's flags).
 
-Each check is a paired test on the same images (:func:`snn_adv.stats.compare`), one-sided in the *suspicious*
+Each check is a paired test on the same images (:func:`snn_adv.evaluation.compare`), one-sided in the *suspicious*
 direction: it fails (``passed=False``) only when that direction is significant at ``level``, and it reports the
 difference, its interval and the p-value in ``values``. Suspicious, i.e. signs of gradient masking:
 
@@ -32,9 +32,10 @@ from ..attacks import PGD
 from ..attacks.base import GradientMaskingWarning
 from ..attacks.budget import within_budget
 from ..neurons import spiking_neurons
-from ..stats import Comparison, compare, compare_to_bound
+from ..stats import Comparison
 from ..validation import check_fraction, check_positive_int
-from .engine import Data, EvaluationResult, evaluate
+from .engine import Data, evaluate
+from .result import EvaluationResult, compare, compare_to_bound
 
 __all__ = [
     "Check",

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..evaluation.checks import Check
-from ..evaluation.engine import EvaluationResult
+from ..evaluation.result import EvaluationResult
 from ..io import atomic_write, atomic_write_json
 from ..plots import format_eps, plot_lines
 

@@ -28,13 +28,14 @@ from ..attacks.gradients import gradient_mode
 from ..classifier import check_classifier
 from ..encoding import is_stochastic, stochastic_encoders
 from ..evaluation.checks import Check, check_large_eps
-from ..evaluation.engine import CleanMemo, EvaluationResult, evaluate, model_fingerprint, seeded_stream
+from ..evaluation.engine import CleanMemo, evaluate, model_fingerprint, seeded_stream
+from ..evaluation.result import EvaluationResult, compare
 from ..io import atomic_write_bytes, atomic_write_json, provenance
 from ..module_state import frozen_parameters, preserved_modes
 from ..neurons import spiking_neurons
 from ..progress import log
 from ..seeds import canonical_json
-from ..stats import compare, paired_difference
+from ..stats import paired_difference
 from ..validation import check_fraction, check_positive_int
 from .battery import CERTIFICATE, LARGE_EPS, VANISHING, Stage, battery_digest, large_eps_attack, stages_of
 from .report import ProtocolReport, StageRecord

@@ -313,7 +313,7 @@ def sweep(ctx: StudyContext, grid: Sequence[Dict[str, Any]], xlabel: str, x_of: 
     from ..attack_specs import attack_label
     from ..cells import cell_key
     from ..evaluation import check_monotone_in_eps, check_whitebox_vs_transfer
-    from ..stats import compare
+    from ..evaluation import compare
 
     zoo = ctx.zoo
     source_kind = ctx.section.get("blackbox_source", "ann")

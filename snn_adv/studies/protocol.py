@@ -29,10 +29,9 @@ import torch.nn as nn
 from .. import checkpoints, plots
 from ..attack_specs import attack_label
 from ..cells import cell_key
-from ..evaluation import Check, EvaluationResult
+from ..evaluation import Check, EvaluationResult, compare
 from ..protocol import battery_digest, robust_accuracy
 from ..protocol.report import FORWARD_COST
-from ..stats import compare
 from ..zoo import KINDS, LABELS
 from .common import (StudyContext, comparison_row, family_verdicts, interval_columns, record_checks,
                      record_comparisons, results_of)

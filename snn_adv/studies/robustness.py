@@ -22,8 +22,7 @@ from ..attack_specs import ENTRIES, attack_label, check_protocols
 from ..cells import cell_key, markdown_table
 from ..distributed import dist_info
 from ..evaluation import (Check, CleanMemo, EvaluationResult, check_gradient_free, check_minimal_norm,
-                          check_more_effort, check_not_weaker, check_whitebox_vs_transfer)
-from ..stats import compare
+                          check_more_effort, check_not_weaker, check_whitebox_vs_transfer, compare)
 from ..zoo import KINDS, LABELS
 from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, family_verdicts, interval_columns,
                      record_checks, record_comparisons, results_of)
