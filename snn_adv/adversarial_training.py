@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .attacks import PGD
 from .attacks.base import project
-from .attacks.gradients import GRADIENT_MODES
+from .attacks.gradients import GRADIENT_MODES, resolve_gradient_mode
 from .module_state import preserved_modes
 from .schema import FRACTION, POSITIVE_INT, Section, Value
 from .validation import check_choice, check_fraction, check_positive, check_positive_int
@@ -102,6 +102,7 @@ class AdversarialTraining:
         elif self.beta is not None:
             raise ValueError(f"argument 'adversarial.beta' = {self.beta!r}: only TRADES has a beta")
         check_positive_int("adversarial.eot", self.eot)
+        resolve_gradient_mode(self.grad_mode)  # a wrong mode is refused here, not at the first batch
 
     @classmethod
     def from_spec(cls, spec: Optional[Mapping[str, Any]]) -> Optional["AdversarialTraining"]:

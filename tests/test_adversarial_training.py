@@ -61,6 +61,8 @@ def test_the_methods_follow_their_papers_defaults_and_refuse_nonsense():
         AdversarialTraining.from_spec({"method": "pgd", "epsilon": 0.1})
     with pytest.raises(ValueError, match="method"):
         AdversarialTraining("free")
+    with pytest.raises(ValueError, match="grad_mode"):  # refused when the recipe is read, not after an epoch
+        AdversarialTraining("pgd", grad_mode="bptt2")
 
 
 def test_trades_loss_is_clean_cross_entropy_plus_beta_kl(trained_pair):
