@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 
 from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
-from snn_adv import check_attack_protocol, fixed_noise, is_stochastic
+from snn_adv import fixed_noise
+from snn_adv.encoding import is_stochastic
+from snn_adv.evaluation import check_attack_protocol
 from snn_adv.attacks import FGSM, GradientScaled, within_budget
 from snn_adv.classifier import SpikingClassifier
 from snn_adv.encoding import DirectEncoder
