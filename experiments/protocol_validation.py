@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from snn_adv import evaluate
 from snn_adv.attacks import APGD, FGSM, PGD, NoInputGradientError
+from snn_adv.cells import markdown_table
 from snn_adv.classifier import SpikingClassifier
 from snn_adv.conversion import convert
 from snn_adv.data import dataset_fingerprint, load_tensors
@@ -102,24 +103,23 @@ def single_attacks(model: nn.Module) -> Dict[str, object]:
 def write(rows: List[Dict], out: Path, images: int) -> None:
     """``table.md`` and ``results.json`` from the rows so far (rewritten after each model: a long run shows them)."""
     lines = [f"# The protocol on models with known behaviour (Fashion-MNIST bundled subset, {images} test images, "
-             f"{len(SEEDS)} Poisson scoring seeds, Linf 8/255)", "",
-             "| model | protocol (snn-v1) | FGSM | PGD-7 | PGD-7 EOT 4 | APGD-CE 100 | protocol above any attack? "
-             "| protocol cost / APGD-CE 100 cost |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{len(SEEDS)} Poisson scoring seeds, Linf 8/255)", ""]
+    labels = ("FGSM", "PGD-7", "PGD-7 EOT 4", "APGD-CE 100")
+    columns = ["model", "protocol (snn-v1)", *labels, "protocol above any attack?", "protocol cost / APGD-CE 100 cost"]
+    shown = []
     for row in rows:
         if row["protocol"] == "refused":
-            lines.append(f"| {row['model']} | refused: {row['detail']} | | | | | | |")
+            shown.append({"model": row["model"], "protocol (snn-v1)": f"refused: {row['detail']}"})
             continue
-        cells = []
-        worst_p = 1.0
-        for label in ("FGSM", "PGD-7", "PGD-7 EOT 4", "APGD-CE 100"):
-            a = row["attacks"][label]
-            low, high = a["interval"]
-            cells.append(f"{100 * a['accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}]")
-            worst_p = min(worst_p, a["protocol_minus_attack"]["p_value"])
-        lines.append(f"| {row['model']} | {row['protocol']} | " + " | ".join(cells)
-                     + f" | {'yes' if worst_p < 0.05 else 'no'} (smallest one-sided p = {worst_p:.3g}) "
-                     f"| {row['cost_ratio']:.2f} |")
+        attacks = {label: row["attacks"][label] for label in labels}
+        worst_p = min(a["protocol_minus_attack"]["p_value"] for a in attacks.values())
+        shown.append({"model": row["model"], "protocol (snn-v1)": row["protocol"],
+                      **{label: f"{100 * a['accuracy']:.1f} [{100 * a['interval'][0]:.1f}, {100 * a['interval'][1]:.1f}]"
+                         for label, a in attacks.items()},
+                      "protocol above any attack?": f"{'yes' if worst_p < 0.05 else 'no'} (smallest one-sided p = "
+                                                    f"{worst_p:.3g})",
+                      "protocol cost / APGD-CE 100 cost": f"{row['cost_ratio']:.2f}"})
+    lines.append(markdown_table(shown, columns).rstrip("\n"))
     lines += ["", "Each attack column: accuracy % [95 % interval] of that attack alone on the same images and draws; "
                   "'protocol above': the one-sided paired test of protocol > attack (a 'yes' would be a failure); cost in "
                   f"forward-backward passes per image (a forward alone counts {FORWARD_COST}).", ""]

@@ -290,3 +290,17 @@ def test_cli_runs_the_protocol_on_a_checkpoint(battery, ann, tmp_path, capsys):
     assert "robust accuracy" in printed and "(test, Linf 8/255, 20 images x 1 draws" in printed
     saved = json.loads((out / "report.json").read_text())
     assert saved["version"] == "test" and len(saved["robust"]) == 20 and (out / "cost.png").exists()
+
+
+def test_report_table_shows_each_stage_with_its_cumulative_interval(monkeypatch, ann, data):
+    # the markdown comes from the one table writer: a row per stage, accuracy [low, high] in % as rows() has them
+    monkeypatch.setitem(VERSIONS, "weak", (Stage("apgd-ce", "apgd", {"steps": 1, "loss": "ce", "eot": 1}),))
+    report = robust_accuracy(ann, data, eps=0.05, version="weak", scoring_seeds=[0], progress=False)
+    lines = report.table_markdown().splitlines()
+    assert report.headline() in lines and "robust accuracy % [low, high]" in lines[4]
+    body = [line.split(" | ") for line in lines[6:6 + len(report.rows())]]
+    for row, cells in zip(report.rows(), body):
+        shown = f"{round(100 * row['accuracy'], 1):.4g} [{round(100 * row['low'], 1):.4g}, {round(100 * row['high'], 1):.4g}]"
+        assert cells[0] == f"| {row['stage']}" and cells[4] == shown
+    assert sum(line.startswith("- PASS") or line.startswith("- FAIL") for line in lines) == len(
+        [c for c in report.checks if c.passed is not None])

@@ -77,12 +77,13 @@ class Check:
         return {True: "PASS", False: "FAIL", None: "info"}[self.passed]
 
     def report_line(self) -> str:
-        """The check as a markdown list item of a report (a failure is a sign of gradient masking, not a proof)."""
-        warning = " (possible gradient masking)" if self.passed is False else ""
-        return f"- {self.verdict}{warning}: {self.name}: {self.detail}"
+        """The check as a markdown list item of a report."""
+        return f"- {self}"
 
     def __str__(self) -> str:
-        return f"{self.verdict} {self.name}: {self.detail}"
+        """The one wording of a check (a failure is a sign of gradient masking, not a proof)."""
+        warning = " (possible gradient masking)" if self.passed is False else ""
+        return f"{self.verdict}{warning}: {self.name}: {self.detail}"
 
 
 def _pct(value: float) -> str:

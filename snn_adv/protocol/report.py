@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..cells import markdown_table
 from ..evaluation.checks import Check
 from ..evaluation.result import EvaluationResult
 from ..io import atomic_write, atomic_write_json
@@ -151,15 +152,15 @@ class ProtocolReport:
         return rows
 
     def table_markdown(self) -> str:
+        columns = {"stage": "stage", "status": "status", "attacked": "images attacked", "broken": "pairs broken",
+                   "accuracy": "robust accuracy %", "low": "robust accuracy %_low", "high": "robust accuracy %_high",
+                   "cost": "cost (fwd-bwd passes / image)", "cumulative_cost": "cumulative cost", "seconds": "seconds"}
+        percent, rounded = {"accuracy", "low", "high"}, {"cost", "cumulative_cost"}
+        shown = [{columns[key]: round(100 * value, 1) if key in percent else round(value, 1) if key in rounded
+                  else value for key, value in row.items()} for row in self.rows()]
         lines = [f"# Robustness protocol {self.version} (battery {self.battery})", "", self.headline(), "",
-                 "| stage | status | images attacked | pairs broken | robust accuracy % [95 % interval] | "
-                 "cost (fwd-bwd passes / image) | cumulative cost | seconds |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for row in self.rows():
-            lines.append(f"| {row['stage']} | {row['status']} | {row['attacked']} | {row['broken']} | "
-                         f"{100 * row['accuracy']:.1f} [{100 * row['low']:.1f}, {100 * row['high']:.1f}] | "
-                         f"{row['cost']:.1f} | {row['cumulative_cost']:.1f} | {row['seconds']} |")
-        lines += ["", "Self-checks:", ""] + [f"- {check}" for check in self.checks]
+                 markdown_table(shown, list(columns.values())).rstrip("\n")]
+        lines += ["", "Self-checks:", ""] + [check.report_line() for check in self.checks]
         if self.certificate.get("stage"):
             c = self.certificate
             lines += ["", f"Certificate: {c['stage']} again with {c['effort']}x iterations and EOT draws and "
