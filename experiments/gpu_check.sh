@@ -51,15 +51,14 @@ step_device() {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$PY" - <<'EOF'
 import numpy, torch, snn_adv
-from snn_adv.neurons import _patch_spikingjelly_numpy_int, cupy_available
+from snn_adv.neurons import cupy_available
 import os; print("snn_adv imported from", os.path.relpath(snn_adv.__file__))
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
 print("numpy", numpy.__version__, "cupy_available", cupy_available())
 if cupy_available():
     import cupy
-    _patch_spikingjelly_numpy_int()
-    from spikingjelly.activation_based.auto_cuda import base
-    print("cupy", cupy.__version__, "spikingjelly auto_cuda numpy has int:", hasattr(base.np, "int"))
+    print("cupy", cupy.__version__, "numpy has int (else each kernel gets snn_adv.neurons.cupy_backend.with_numpy_int):",
+          hasattr(numpy, "int"))
 EOF
     echo '```'
   } >"$SUMMARY" 2>&1

@@ -11,7 +11,6 @@ import os
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 
 __all__ = [
     "MAX_SEED",

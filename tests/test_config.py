@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from snn_adv.config import ConfigError, check_output_dir, load_config, merge, parse_overrides, validate_config
+from snn_adv.config import ConfigError, check_output_dir, load_config, merge, parse_overrides
 from snn_adv.configs import config_path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "snn_adv" / "configs"

@@ -358,3 +358,4 @@ def test_fast_paths_and_backward_rules_are_decided_per_class():
         x = torch.rand(4, 2, 3, requires_grad=True)
         functional.reset_net(net)
         assert torch.autograd.grad(net(x * 3).sum(), x)[0].abs().sum() > 0
+

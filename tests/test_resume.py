@@ -7,7 +7,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 
 #: subprocesses import this checkout's snn_adv (not whatever an editable install points at), one thread each
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",

@@ -26,7 +26,7 @@ from ..validation import check_choice, check_positive_int
 from .files import read_idx
 from .fingerprint import dataset_fingerprint
 from .folders import decoded_cache_dir, load_archive_split, load_tree_split
-from .registry import (CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS, IMAGE_FOLDER, DatasetInfo, DatasetSpec, PathLike,
+from .registry import (CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS, DatasetInfo, DatasetSpec, PathLike,
                        dataset_info, default_data_root, image_folder, parse_dataset_spec, where_to_put)
 from .sources import JPEG_ARCHIVES, SPLITS, TORCHVISION_CLASSES, bundled_path, locate, read_idx_split, split_folder
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch.nn as nn
 
 from .. import checkpoints, plots
 from ..attack_specs import attack_label
