@@ -12,7 +12,7 @@ from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
 from snn_adv.attacks import FGSM, PGD, WorstCase, gradient_mode_ensemble
 from snn_adv.encoding import fixed_noise
 from snn_adv.neurons import spiking_neurons
-from snn_adv.evaluation import CleanMemo, EvaluationResult, evaluate, model_fingerprint
+from snn_adv.evaluation import CleanMemo, EvaluationResult, Evaluator, evaluate, model_fingerprint
 from snn_adv.evaluation import compare
 from snn_adv.seeds import derive_seed
 
@@ -65,6 +65,22 @@ def test_whitebox_matches_the_hand_written_loop_over_seeds(snn, trained_pair):
     # the two scoring seeds are different Poisson draws (else the interval over seeds would be fake)
     assert not np.array_equal(result.clean_correct[:, 0], result.clean_correct[:, 1])
     assert result.adversarial_accuracy < result.clean_accuracy
+
+
+def test_the_evaluator_crafts_and_scores_a_batch_like_the_hand_written_loop(snn, trained_pair):
+    # the engine's parts on their own: one batch at global index 16, crafted then scored on two seeds
+    x, y = trained_pair.x[16:32], trained_pair.y[16:32]
+    evaluator = Evaluator(snn, functools.partial(PGD, eps=0.05, alpha=0.02, steps=2), seed=3, scoring_seeds=(0, 5))
+    with evaluator.session():
+        adversarials = evaluator.craft(x, y, first=16)
+        clean, members = evaluator.score(x, y, 16, adversarials)["target"]
+    twin = copy.deepcopy(snn)
+    padded_x, padded_y = torch.cat([trained_pair.x[:16], x]), torch.cat([trained_pair.y[:16], y])
+    make = lambda model: [PGD(model, eps=0.05, alpha=0.02, steps=2)]  # noqa: E731
+    expected = reference_loop({"t": twin}, padded_x, padded_y, make, twin, seed=3, scoring_seeds=(0, 5), batch_size=16)["t"]
+    np.testing.assert_array_equal(clean, expected[0][16:])
+    np.testing.assert_array_equal(members.all(0), expected[1][16:])
+    assert members.shape == (1, 16, 2)
 
 
 def test_blackbox_scores_several_targets_on_one_crafted_batch_like_the_loop(snn, ann, trained_pair):

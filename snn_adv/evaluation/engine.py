@@ -38,9 +38,9 @@ from ..module_state import frozen_parameters, preserved_modes
 from ..progress import progress as progress_bar
 from ..seeds import derive_seed
 from ..validation import check_positive_int, check_seed
-from .result import EvaluationResult, jsonable
+from .result import EvaluationResult
 
-__all__ = ["CleanMemo", "check_attack_protocol", "evaluate", "describe_attack", "describe_model", "model_fingerprint",
+__all__ = ["CleanMemo", "Evaluator", "check_attack_protocol", "evaluate", "describe_attack", "describe_model", "model_fingerprint",
            "seeded_stream"]
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
@@ -242,6 +242,152 @@ def _default_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+class Evaluator:
+    """One evaluation's settings, checked once: the targets scored, the model that crafts, the attack's members, the
+    scoring seeds and the streams; :meth:`craft` and :meth:`score` do one batch each, :meth:`results` assembles the
+    :class:`EvaluationResult` of every target. Arguments as :func:`evaluate`'s."""
+
+    def __init__(self, targets: Union[nn.Module, Mapping[str, nn.Module]], attack: Any = None,
+                 source: Optional[nn.Module] = None, *, seed: int = 0, scoring_seeds: Sequence[int] = (0,),
+                 device: Optional[Union[str, torch.device]] = None, clean_memo: Optional[CleanMemo] = None,
+                 crafting_key: Any = None):
+        self.single = isinstance(targets, nn.Module)
+        named = {"target": targets} if self.single else dict(targets) if isinstance(targets, Mapping) else None
+        if not named or any(not isinstance(m, nn.Module) for m in named.values()):
+            raise TypeError("argument 'targets': must be a classifier (torch.nn.Module) or a non-empty mapping name -> classifier")
+        if source is not None and not isinstance(source, nn.Module):
+            raise TypeError(f"argument 'source': must be None or a torch.nn.Module, got {type(source).__name__}")
+        if source is None and len(named) > 1:
+            raise ValueError(f"argument 'targets': {len(named)} targets without a 'source'; a whitebox evaluation "
+                             "crafts on its one target: evaluate each target alone, or pass source=... (blackbox)")
+        crafting = next(iter(named.values())) if source is None else source
+        for name, model in [*named.items(), *([("source", source)] if source is not None else [])]:
+            check_classifier(model, name)
+        self.seed = check_seed("seed", seed, allow_none=False)
+        self.seeds = _check_seeds(scoring_seeds)
+        self.attack = _build_attack(attack, crafting)
+        self.members = _members(self.attack)
+        for member in self.members:
+            check_attack_protocol(member, crafting)
+            if getattr(member, "model", crafting) is not crafting:
+                raise ValueError("argument 'attack': crafts on another model than "
+                                 + ("'source'" if source is not None else "the target (pass source=... for a blackbox evaluation)"))
+        self.fixed = {name: fixed_noise_seed(model) for name, model in named.items()}
+        if len(self.seeds) > 1 and any(s is not None for s in self.fixed.values()):
+            raise ValueError(f"argument 'scoring_seeds' = {self.seeds}: a target is under fixed_noise (one fixed draw); "
+                             "scoring seeds would all give that draw: pass one scoring seed")
+        self.targets, self.crafting, self.source = named, crafting, source
+        self.device = torch.device(device) if device is not None else _default_device(next(iter(named.values())))
+        self.crafting_key, self.clean_memo = crafting_key, clean_memo
+        self.crafting_encoders = stochastic_encoders(crafting)
+        self.target_encoders = {name: stochastic_encoders(model) for name, model in named.items()}
+        self.names = [describe_attack(m).get("name", type(m).__name__) for m in self.members]
+        self.fingerprints = {name: model_fingerprint(model) for name, model in named.items()} if clean_memo is not None else {}
+        #: member -> smallest first-gradient ratio below VANISHING_RATIO seen so far
+        self.vanishing: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Models in eval mode with frozen parameters (any attack, torchattacks' and foolbox's too, wants dL/dx only);
+        afterwards the encoders' and attacks' own seeds are restored."""
+        encoders = {id(e): e for es in [self.crafting_encoders, *self.target_encoders.values()] for e in es}
+        saved_seeds = {key: e.seed for key, e in encoders.items()}
+        attack_seeds = [(m, m.seed) for m in self.members if hasattr(m, "seed")]
+        try:
+            with contextlib.ExitStack() as modes:
+                for model in {id(m): m for m in [self.crafting, *self.targets.values()]}.values():
+                    modes.enter_context(preserved_modes(model, training=False))
+                    modes.enter_context(frozen_parameters(model))
+                yield
+        finally:
+            for key, encoder in encoders.items():
+                encoder.manual_seed(saved_seeds[key])
+            for member, member_seed in attack_seeds:
+                _seed_attack(member, member_seed)
+
+    def craft(self, images: torch.Tensor, labels: torch.Tensor, first: int,
+              rows: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Each member's adversarial batch, crafted in its stream (module docstring) on the samples ``rows`` flags
+        (default all; the others keep their clean image), checked against the threat model."""
+        adversarials = []
+        for m, (member, name) in enumerate(zip(self.members, self.names)):
+            if getattr(member, "eps", None) == 0 or (rows is not None and not rows.any()):
+                adversarials.append(images)  # the 0-ball holds only the image; no sample to attack
+                continue
+            crafted_images, crafted_labels = (images, labels) if rows is None else (images[rows], labels[rows])
+            key = () if self.crafting_key is None else (self.crafting_key,)
+            craft = derive_seed(self.seed, "craft", *key, first, m)
+            noise = derive_seed(self.seed, "craft-noise", *key, first)
+            with seeded_stream(craft, self.crafting_encoders, self.device, encoder_seed=noise):
+                _seed_attack(member, craft)
+                crafted = member(crafted_images, crafted_labels).detach()
+            ratio = getattr(member, "first_gradient_ratio", None)
+            if ratio is not None and ratio < VANISHING_RATIO:
+                self.vanishing[name] = min(ratio, self.vanishing.get(name, ratio))
+            _check_threat_model(crafted, crafted_images, getattr(member, "eps", None), name,
+                                getattr(member, "norm", "Linf"))
+            adversarials.append(crafted if rows is None else images.index_put((rows,), crafted))
+        return adversarials
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, labels: torch.Tensor, first: int,
+              adversarials: Sequence[torch.Tensor]) -> Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """Per target: clean outcomes ``[B, S]`` and each member's adversarial outcomes ``[M, B, S]`` (None without
+        members), every forward on the scoring stream of its seed; clean outcomes from the memo where it has them."""
+        batch = CleanMemo.batch_digest(images, labels) if self.clean_memo is not None else ""
+        scored = {}
+        for name, model in self.targets.items():
+            clean, per_member = [], []
+            for s in self.seeds:
+                def correct(x: torch.Tensor) -> torch.Tensor:
+                    with seeded_stream(derive_seed(self.seed, "score", s, first), self.target_encoders[name], self.device):
+                        return (model(x).argmax(1) == labels).cpu()
+
+                key = None if self.clean_memo is None else self.clean_memo.key(self.fingerprints[name], batch, self.seed, s, first)
+                clean_outcome = None if key is None else self.clean_memo.get(key)
+                if clean_outcome is None:
+                    clean_outcome = correct(images)
+                    if key is not None:
+                        self.clean_memo.put(key, clean_outcome)
+                clean.append(clean_outcome)
+                per_member.append([clean_outcome if x is images else correct(x) for x in adversarials])
+            members = (np.stack([torch.stack([p[m] for p in per_member], 1).numpy() for m in range(len(self.members))])
+                       if self.members else None)
+            scored[name] = (torch.stack(clean, 1).numpy(), members)
+        return scored
+
+    def results(self, index: np.ndarray, labels: np.ndarray, clean: Mapping[str, np.ndarray],
+                member_correct: Mapping[str, Optional[np.ndarray]], batch_size: int,
+                start_index: int) -> Dict[str, EvaluationResult]:
+        """The result of every target from its outcomes over all batches (clean ``[N, S]``, members ``[M, N, S]``)."""
+        members = self.members
+        whitebox = self.source is None or (len(self.targets) == 1 and self.source is next(iter(self.targets.values())))
+        setting = "clean" if not members else "whitebox" if whitebox else "blackbox"
+        attack_info = None if not members else (
+            describe_attack(self.attack) if isinstance(self.attack, WorstCase) or len(members) == 1
+            else {"name": "worst_case", "members": [describe_attack(m) for m in members]})
+        results = {}
+        for name, model in self.targets.items():
+            outcomes = member_correct[name]
+            settings = {
+                "setting": setting,
+                "attack": attack_info,
+                "target": describe_model(model),
+                "source": describe_model(self.crafting) if members else None,
+                "seed": self.seed,
+                "scoring_seeds": self.seeds,
+                "batch_size": batch_size,
+                "start_index": start_index,
+                "noise": None if self.fixed[name] is None else f"fixed draw (seed {self.fixed[name]})",
+                "provenance": provenance(),
+            }
+            if self.vanishing:  # the attack warned; the result says so too (no key when every gradient was usable)
+                settings["vanishing_gradient"] = {"members": dict(self.vanishing), "threshold": VANISHING_RATIO}
+            results[name] = EvaluationResult(index, labels, clean[name], outcomes.all(0) if members else clean[name].copy(),
+                                             outcomes if len(members) > 1 else None, self.seeds, settings)
+        return results
+
+
 def evaluate(
     targets: Union[nn.Module, Mapping[str, nn.Module]],
     data: Data,
@@ -293,152 +439,54 @@ def evaluate(
     example, scored as the clean image (the same stream: the same outcome).
     :raises ValueError: on bad arguments or no data; ``RuntimeError`` when an attack breaks the threat model.
     """
-    single = isinstance(targets, nn.Module)
-    named = {"target": targets} if single else dict(targets) if isinstance(targets, Mapping) else None
-    if not named or any(not isinstance(m, nn.Module) for m in named.values()):
-        raise TypeError("argument 'targets': must be a classifier (torch.nn.Module) or a non-empty mapping name -> classifier")
-    if source is not None and not isinstance(source, nn.Module):
-        raise TypeError(f"argument 'source': must be None or a torch.nn.Module, got {type(source).__name__}")
-    if source is None:
-        if len(named) > 1:
-            raise ValueError(f"argument 'targets': {len(named)} targets without a 'source'; a whitebox evaluation "
-                             "crafts on its one target: evaluate each target alone, or pass source=... (blackbox)")
-        crafting = next(iter(named.values()))
-    else:
-        crafting = source
-    for name, model in [*named.items(), *([("source", source)] if source is not None else [])]:
-        check_classifier(model, name)
-    check_seed("seed", seed, allow_none=False)
+    evaluator = Evaluator(targets, attack, source, seed=seed, scoring_seeds=scoring_seeds, device=device,
+                          clean_memo=clean_memo, crafting_key=crafting_key)
     if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
         raise ValueError(f"argument 'start_index' = {start_index!r}: must be an integer >= 0")
-    seeds = _check_seeds(scoring_seeds)
     batch_size = check_positive_int("batch_size", batch_size)
     if max_samples is not None:
         max_samples = check_positive_int("max_samples", max_samples)
-    attack = _build_attack(attack, crafting)
-    members = _members(attack)
-    for member in members:
-        check_attack_protocol(member, crafting)
-        if getattr(member, "model", crafting) is not crafting:
-            raise ValueError("argument 'attack': crafts on another model than "
-                             + ("'source'" if source is not None else "the target (pass source=... for a blackbox evaluation)"))
-    fixed = {name: fixed_noise_seed(model) for name, model in named.items()}
-    if len(seeds) > 1 and any(s is not None for s in fixed.values()):
-        raise ValueError(f"argument 'scoring_seeds' = {seeds}: a target is under fixed_noise (one fixed draw); "
-                         "scoring seeds would all give that draw: pass one scoring seed")
-    device = torch.device(device) if device is not None else _default_device(next(iter(named.values())))
-    crafting_encoders = stochastic_encoders(crafting)
-    target_encoders = {name: stochastic_encoders(model) for name, model in named.items()}
-    all_encoders = {id(e): e for es in [crafting_encoders, *target_encoders.values()] for e in es}
-    saved_seeds = {key: e.seed for key, e in all_encoders.items()}
-    names = [describe_attack(m).get("name", type(m).__name__) for m in members]
-    fingerprints = {name: model_fingerprint(model) for name, model in named.items()} if clean_memo is not None else {}
-    attack_seeds = [(m, m.seed) for m in members if hasattr(m, "seed")]
     active = None if active is None else torch.as_tensor(np.asarray(active, dtype=bool))
-    kept: List[torch.Tensor] = []
-    vanishing: Dict[str, float] = {}  # member -> smallest first-gradient ratio below VANISHING_RATIO
-
+    names = list(evaluator.targets)
     index: List[np.ndarray] = []
     labels_seen: List[np.ndarray] = []
-    records = {name: {"clean": [], "members": []} for name in named}
+    clean: Dict[str, List[np.ndarray]] = {name: [] for name in names}
+    member_correct: Dict[str, List[np.ndarray]] = {name: [] for name in names}
+    kept: List[torch.Tensor] = []
     n_done = 0
     bar = progress_bar(_batches(data, batch_size), "evaluate", unit="batch", enabled=None if progress else False)
     try:
-        with contextlib.ExitStack() as modes:
-            for model in {id(m): m for m in [crafting, *named.values()]}.values():
-                modes.enter_context(preserved_modes(model, training=False))
-                modes.enter_context(frozen_parameters(model))  # any attack (torchattacks, foolbox) wants dL/dx only
+        with evaluator.session():
             for images, labels in bar:
                 if max_samples is not None and n_done >= max_samples:
                     break
                 if max_samples is not None:
                     images, labels = images[: max_samples - n_done], labels[: max_samples - n_done]
-                images, labels = images.to(device), labels.to(device)
+                images, labels = images.to(evaluator.device), labels.to(evaluator.device)
                 first = start_index + n_done
-                rows = None if active is None else _active_rows(active, n_done, len(labels)).to(device)
-                adversarials = []
-                for m, (member, name) in enumerate(zip(members, names)):
-                    if getattr(member, "eps", None) == 0 or (rows is not None and not rows.any()):
-                        adversarials.append(images)  # the 0-ball holds only the image; no sample to attack
-                        continue
-                    crafted_images, crafted_labels = (images, labels) if rows is None else (images[rows], labels[rows])
-                    craft = derive_seed(seed, "craft", first, m) if crafting_key is None else \
-                        derive_seed(seed, "craft", crafting_key, first, m)
-                    noise = derive_seed(seed, "craft-noise", first) if crafting_key is None else \
-                        derive_seed(seed, "craft-noise", crafting_key, first)
-                    with seeded_stream(craft, crafting_encoders, device, encoder_seed=noise):
-                        _seed_attack(member, craft)
-                        crafted = member(crafted_images, crafted_labels).detach()
-                    ratio = getattr(member, "first_gradient_ratio", None)
-                    if ratio is not None and ratio < VANISHING_RATIO:
-                        vanishing[name] = min(ratio, vanishing.get(name, ratio))
-                    _check_threat_model(crafted, crafted_images, getattr(member, "eps", None), name,
-                                        getattr(member, "norm", "Linf"))
-                    adversarial = crafted if rows is None else images.index_put((rows,), crafted)
-                    adversarials.append(adversarial)
-                if keep_adversarial and members:
+                rows = None if active is None else _active_rows(active, n_done, len(labels)).to(evaluator.device)
+                adversarials = evaluator.craft(images, labels, first, rows)
+                if keep_adversarial and evaluator.members:
                     kept.append(torch.stack(adversarials).cpu())
-                batch = CleanMemo.batch_digest(images, labels) if clean_memo is not None else ""
-                with torch.no_grad():
-                    for name, model in named.items():
-                        clean, per_member = [], []
-                        for s in seeds:
-                            def correct(x: torch.Tensor) -> torch.Tensor:
-                                with seeded_stream(derive_seed(seed, "score", s, first), target_encoders[name], device):
-                                    return (model(x).argmax(1) == labels).cpu()
-
-                            key = None if clean_memo is None else clean_memo.key(fingerprints[name], batch, seed, s, first)
-                            clean_outcome = None if key is None else clean_memo.get(key)
-                            if clean_outcome is None:
-                                clean_outcome = correct(images)
-                                if key is not None:
-                                    clean_memo.put(key, clean_outcome)
-                            clean.append(clean_outcome)
-                            per_member.append([clean_outcome if x is images else correct(x) for x in adversarials])
-                        records[name]["clean"].append(torch.stack(clean, 1).numpy())  # [B, S]
-                        if members:
-                            records[name]["members"].append(np.stack([torch.stack([p[m] for p in per_member], 1).numpy()
-                                                                      for m in range(len(members))]))  # [M, B, S]
+                for name, (clean_batch, members_batch) in evaluator.score(images, labels, first, adversarials).items():
+                    clean[name].append(clean_batch)
+                    if members_batch is not None:
+                        member_correct[name].append(members_batch)
                 index.append(np.arange(first, first + len(labels)))
                 labels_seen.append(labels.cpu().numpy())
                 n_done += len(labels)
     finally:
         bar.close()
-        for key, encoder in all_encoders.items():
-            encoder.manual_seed(saved_seeds[key])
-        for member, member_seed in attack_seeds:
-            _seed_attack(member, member_seed)
     if n_done == 0:
         raise ValueError("argument 'data': yielded no samples")
-
-    whitebox = source is None or (len(named) == 1 and source is next(iter(named.values())))
-    setting = "clean" if not members else "whitebox" if whitebox else "blackbox"
-    attack_info = None if not members else (describe_attack(attack) if isinstance(attack, WorstCase) or len(members) == 1
-                                            else {"name": "worst_case", "members": [describe_attack(m) for m in members]})
-    results = {}
-    for name, model in named.items():
-        clean = np.concatenate(records[name]["clean"])
-        member_correct = np.concatenate(records[name]["members"], 1) if members else None
-        adversarial = member_correct.all(0) if members else clean.copy()
-        settings = {
-            "setting": setting,
-            "attack": attack_info,
-            "target": describe_model(model),
-            "source": describe_model(crafting) if members else None,
-            "seed": seed,
-            "scoring_seeds": seeds,
-            "batch_size": batch_size,
-            "start_index": start_index,
-            "noise": None if fixed[name] is None else f"fixed draw (seed {fixed[name]})",
-            "provenance": provenance(),
-        }
-        if vanishing:  # the attack warned; the result says so too (no key when every gradient was usable)
-            settings["vanishing_gradient"] = {"members": vanishing, "threshold": VANISHING_RATIO}
-        results[name] = EvaluationResult(np.concatenate(index), np.concatenate(labels_seen), clean, adversarial,
-                                         member_correct if len(members) > 1 else None, seeds, settings)
-        if keep_adversarial:
-            results[name].adversarial_examples = torch.cat(kept, 1) if kept else None
-    return results["target"] if single else results
+    results = evaluator.results(
+        np.concatenate(index), np.concatenate(labels_seen), {name: np.concatenate(clean[name]) for name in names},
+        {name: np.concatenate(member_correct[name], 1) if evaluator.members else None for name in names},
+        batch_size, start_index)
+    if keep_adversarial:
+        for result in results.values():
+            result.adversarial_examples = torch.cat(kept, 1) if kept else None
+    return results["target"] if evaluator.single else results
 
 
 def _active_rows(active: torch.Tensor, done: int, count: int) -> torch.Tensor:
