@@ -46,13 +46,18 @@ from .neurons import NEURONS, LeakyLIFNode, build_neuron, spiking_neurons
 from .validation import check_choice
 from .version import __version__
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_header", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "VersionMismatchError", "load", "read_header", "save"]
 
 FORMAT = "snn-adv-checkpoint"
 FORMAT_VERSION = 2  # 2: SHA-256 of the archive in its zip comment; user bodies; learnable leaks
 PathLike = Union[str, os.PathLike]
 
 _HASH_TAG = b"snn-adv-sha256:"
+
+
+class VersionMismatchError(ValueError):
+    """A checkpoint written by another snn-adv version (same format): refused unless ``allow_version_mismatch``."""
+
 _SIGNATURE_LEN = len(_HASH_TAG) + 64  # the tag and 64 hex digits
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
 _ZIP_END_RECORD = b"PK\x05\x06"  # end of central directory: 22 bytes, the last 2 the comment's length
@@ -250,8 +255,8 @@ def load(
         raise ValueError(f"{where} has format version {payload.get('format_version')!r}; this snn-adv ({__version__}) "
                          f"reads format version {FORMAT_VERSION}")
     if payload.get("package_version") != __version__ and not allow_version_mismatch:
-        raise ValueError(f"{where} was written by snn-adv {payload.get('package_version')!r}, this is {__version__!r}: "
-                         "retrain, or pass allow_version_mismatch=True to load it anyway")
+        raise VersionMismatchError(f"{where} was written by snn-adv {payload.get('package_version')!r}, this is "
+                                   f"{__version__!r}: retrain, or pass allow_version_mismatch=True to load it anyway")
     saved_kind = payload.get("kind")
     if saved_kind not in CLASSIFIER_KINDS:
         raise ValueError(f"{where} has unknown kind {saved_kind!r}: must be one of {CLASSIFIER_KINDS}")

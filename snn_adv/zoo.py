@@ -220,7 +220,11 @@ class ModelZoo:
             return self._memo[memo]
         path = self.path(kind, role, defence, **overrides)
         if path.is_file():
-            model = checkpoints.load(path, map_location=self.device, backend=self.backend)
+            try:
+                model = checkpoints.load(path, map_location=self.device, backend=self.backend)
+            except checkpoints.VersionMismatchError as error:
+                raise checkpoints.VersionMismatchError(f"{error}; in the model cache: delete the file to retrain it "
+                                                       "under this version") from error
         else:
             started = time.perf_counter()
             recipe = self.recipe(kind, role, defence, **overrides)

@@ -218,6 +218,20 @@ def test_layerwise_models_at_another_leak_are_the_snn_bps_trained_at_it(tiny_run
     assert "SNN-BP (leak 0.9, trained at it)" in labels
 
 
+def test_the_zoo_names_the_file_of_a_model_cached_by_another_version(tiny_run, tmp_path):
+    from test_checkpoints import _rewrite
+
+    from snn_adv.checkpoints import VersionMismatchError
+
+    _, config, zoo, _ = tiny_run
+    zoo.get("ann")
+    stale = tmp_path / zoo.path("ann").name
+    stale.write_bytes(zoo.path("ann").read_bytes())
+    _rewrite(stale, package_version="0.0.1")
+    with pytest.raises(VersionMismatchError, match=f"{stale.name}.*'0.0.1'.*delete the file to retrain"):
+        ModelZoo(config, tmp_path, progress=False).get("ann")
+
+
 def test_layerwise_relative_change_against_hand_computation(tiny_run):
     out, config, zoo, _ = tiny_run
     rows = _rows(out, "layerwise")
