@@ -30,6 +30,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .classifier import AnnClassifier, SpikingClassifier
+from .compat import insert_voltage_hooks
 from .encoding import Encoder, PoissonEncoder
 from .models import fold_batchnorm, set_thresholds, snn_from_ann
 from .progress import describe, log, progress as progress_bar
@@ -122,7 +123,6 @@ def _balance_thresholds(snn: SpikingClassifier, loader: Iterable, percentile: fl
 
 
 def _spikingjelly_thresholds(ann: AnnClassifier, loader: Iterable, percentile: float, max_batches: Optional[int]) -> List[float]:
-    from spikingjelly.activation_based.ann2snn import Converter
     from spikingjelly.activation_based.ann2snn.modules import VoltageHook
 
     body = fold_batchnorm(ann.body)
@@ -131,7 +131,7 @@ def _spikingjelly_thresholds(ann: AnnClassifier, loader: Iterable, percentile: f
         raise ValueError("argument 'method' = 'spikingjelly': needs a plain chain of layers (e.g. VGG); for residual "
                          "networks use method='threshold-balancing'")
     mode = "max" if percentile >= 100.0 else f"{percentile}%"
-    traced = Converter.set_voltagehook(torch.fx.symbolic_trace(body).eval(), mode=mode)
+    traced = insert_voltage_hooks(torch.fx.symbolic_trace(body).eval(), mode)
     with torch.no_grad():
         for images, _ in _batches(loader, max_batches):
             traced(ann.normalize(images.to(ann.mean.device)))

@@ -2,6 +2,8 @@
 tested against the reference in test_cupy.py, GPU only)."""
 import pytest
 
+pytest.importorskip("spikingjelly.activation_based.auto_cuda", reason="SpikingJelly 2.x has no CuPy kernels")
+
 
 def test_cupy_kernels_get_numpy_int_without_touching_spikingjelly_or_numpy(monkeypatch):
     # SpikingJelly 0.0.0.0.14's CKernel.check_ctypes reads np.int (gone in numpy >= 1.24) for an integer CuPy array,

@@ -279,7 +279,7 @@ def test_invalid_surrogate_raises(kwargs):
 
 
 def test_unknown_backend_raises():
-    with pytest.raises(NotImplementedError, match="nonsense"):
+    with pytest.raises(ValueError, match="'nonsense': must be one of 'torch'"):
         LeakyLIFNode(0.9, backend="nonsense")
 
 

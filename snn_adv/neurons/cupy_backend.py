@@ -14,14 +14,15 @@ from typing import Any, Callable, Tuple
 
 import numpy as np
 import torch
-from spikingjelly.activation_based import neuron
+
+from ..compat import cupy_module
 
 __all__ = ["cupy_available", "run_cupy_kernels", "spikingjelly_cupy_kernels", "with_numpy_int"]
 
 
 def cupy_available() -> bool:
     """True when the CuPy backend can run here (CuPy importable and a CUDA device present)."""
-    return neuron.cupy is not None and torch.cuda.is_available()
+    return cupy_module() is not None and torch.cuda.is_available()
 
 
 @functools.lru_cache(maxsize=None)

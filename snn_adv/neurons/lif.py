@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron
 
+from ..compat import node_backend_kwargs
 from ..validation import check_leak, check_positive
 from .cupy_backend import cupy_available, run_cupy_kernels, spikingjelly_cupy_kernels
 from .fused import MultiStepLIF, cpu_kernel
@@ -62,9 +63,10 @@ class LeakyLIFNode(neuron.LIFNode):
             surrogate_function=surrogate_function if surrogate_function is not None else PiecewiseLinear(width=v_threshold),
             detach_reset=detach_reset,
             step_mode=step_mode,
-            backend=backend,
             store_v_seq=store_v_seq,
+            **node_backend_kwargs(backend),
         )
+        self.backend = backend
         #: The default surrogate's width follows ``v_threshold`` (set at conversion, scaled by SNN-BP), which makes
         #: it exactly the paper's ``ds/du = gamma*max(0, 1-|u/v_th-1|)/v_th``; False for a user-given surrogate.
         self.surrogate_follows_threshold = surrogate_function is None
@@ -212,10 +214,33 @@ class LeakyLIFNode(neuron.LIFNode):
     def neuronal_reset(self, spike: torch.Tensor) -> None:
         self.v = self.reset_after_spike(self.v, spike.detach() if self.detach_reset else spike)
 
+    def neuronal_fire(self) -> torch.Tensor:
+        return self.surrogate_function(self.v - self.v_threshold)
+
+    def v_float_to_tensor(self, x: torch.Tensor) -> None:
+        if isinstance(self.v, float):
+            self.v = torch.full_like(x.data, self.v)
+
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # BaseNode's charge-fire-reset with the surrogate, in train and eval alike (LIFNode's eval path is a
-        # hard step with no gradient).
-        return neuron.BaseNode.single_step_forward(self, x)
+        # SpikingJelly's contract, written out (its LIFNode's eval path is a hard step with no gradient; 2.x's
+        # BaseNode runs a fused forward that skips the hooks): charge, fire with the surrogate, reset
+        self.v_float_to_tensor(x)
+        self.neuronal_charge(x)
+        spike = self.neuronal_fire()
+        self.neuronal_reset(spike)
+        return spike
+
+    def step_loop(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """The reference multistep forward: :meth:`single_step_forward` per step (``v[t]`` kept as ``v_seq`` under
+        ``store_v_seq``), differentiated by autograd."""
+        spikes, v_seq = [], []
+        for x in x_seq:
+            spikes.append(self.single_step_forward(x))
+            if self.store_v_seq:
+                v_seq.append(self.v)
+        if self.store_v_seq:
+            self.v_seq = torch.stack(v_seq)
+        return torch.stack(spikes)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.v_float_to_tensor(x_seq[0])
@@ -230,7 +255,7 @@ class LeakyLIFNode(neuron.LIFNode):
         if (self.store_v_seq and not under_rule) or self.overrides_step_hooks():
             # SpikingJelly's reference loop (single_step_forward per step, through the step hooks; records v[t]
             # under store_v_seq for inspection); slower, differentiated by autograd.
-            return neuron.BaseNode.multi_step_forward(self, x_seq)
+            return self.step_loop(x_seq)
         if self.backend == "cupy" and not under_rule:
             spike_seq, v_seq = self._cupy_forward(x_seq)
             self.v = v_seq[-1].clone()

@@ -45,7 +45,7 @@ class PiecewiseLinear(surrogate.SurrogateFunctionBase):
     """
 
     def __init__(self, gamma: float = 0.3, width: float = 1.0, spiking: bool = True):
-        super().__init__(check_positive("gamma", gamma), spiking)
+        super().__init__(alpha=check_positive("gamma", gamma), spiking=spiking)  # keywords: every SpikingJelly
         self.width = check_positive("width", width)
 
     @property
