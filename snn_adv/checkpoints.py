@@ -53,14 +53,13 @@ FORMAT_VERSION = 2  # 2: SHA-256 of the archive in its zip comment; user bodies;
 PathLike = Union[str, os.PathLike]
 
 _HASH_TAG = b"snn-adv-sha256:"
+_SIGNATURE_LEN = len(_HASH_TAG) + 64  # the tag and 64 hex digits
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_ZIP_END_RECORD = b"PK\x05\x06"  # end of central directory: 22 bytes, the last 2 the comment's length
 
 
 class VersionMismatchError(ValueError):
     """A checkpoint written by another snn-adv version (same format): refused unless ``allow_version_mismatch``."""
-
-_SIGNATURE_LEN = len(_HASH_TAG) + 64  # the tag and 64 hex digits
-_ZIP_LOCAL_HEADER = b"PK\x03\x04"
-_ZIP_END_RECORD = b"PK\x05\x06"  # end of central directory: 22 bytes, the last 2 the comment's length
 
 
 def _plain(metadata: Dict[str, Any]) -> Dict[str, Any]:

@@ -40,8 +40,8 @@ from ..seeds import derive_seed
 from ..validation import check_positive_int, check_seed
 from .result import EvaluationResult
 
-__all__ = ["CleanMemo", "Evaluator", "check_attack_protocol", "evaluate", "describe_attack", "describe_model", "model_fingerprint",
-           "seeded_stream"]
+__all__ = ["CleanMemo", "Evaluator", "check_attack_protocol", "evaluate", "describe_attack", "describe_model",
+           "model_fingerprint", "seeded_stream"]
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 Data = Union[Batches, Tuple[torch.Tensor, torch.Tensor]]
