@@ -41,7 +41,7 @@ def apgd_baseline(model, images, labels, eps: float, seeds: List[int], total: in
                           batch_size=100, progress=False)
     seconds = time.perf_counter() - start
     return {"seconds": seconds * total / len(images), "measured_seconds": seconds, "measured_images": len(images),
-            "accuracy": result.adversarial_accuracy,
+            "accuracy": result.adversarial_accuracy, "accuracy_interval": list(result.confidence_interval("adversarial")),
             "passes_per_image": (meter.gradient + FORWARD_COST * meter.forward) / len(images)}
 
 
