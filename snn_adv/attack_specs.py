@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
@@ -34,8 +35,9 @@ from .attacks.gradients import GRADIENT_MODES
 from .neurons import build_surrogate
 from .schema import FLAG, FRACTION, OBJECT, POSITIVE, POSITIVE_INT, TEXT, ListOf, Section, Value
 
-__all__ = ["ARGUMENT_FIELDS", "AttackEntry", "ENTRIES", "METADATA_KEYS", "at_eps", "attack_label", "attack_names",
-           "build_attack", "build_surrogate", "check_protocols", "class_entry", "register_attack"]
+__all__ = ["ARGUMENT_FIELDS", "ATTACK", "ATTACK_LIST", "AttackEntry", "AttackEntrySchema", "AttackList", "ENTRIES",
+           "METADATA_KEYS", "MODE", "at_eps", "attack_label", "attack_names", "build_attack", "build_surrogate",
+           "check_protocols", "class_entry", "register_attack"]
 
 METADATA_KEYS = ("label", "snn_only", "study_modes")
 
@@ -202,3 +204,81 @@ def check_protocols(specs: Sequence[Mapping[str, Any]], targets: Mapping[str, nn
                 check_attack_protocol(spec, model)
             except ValueError as error:
                 raise ValueError(f"{where}[{i}] ({attack_label(spec)}) on target {name}: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The config schema of an attack entry, derived from the registry (snn_adv.config and the studies' sections use it)
+# --------------------------------------------------------------------------------------------------------------
+#: a study mode of an attack entry (``study_modes``) and of the sweep studies
+MODE = Value("str", choices=("whitebox", "blackbox"))
+
+#: keys of an attack entry that are table metadata or study settings, not arguments of its attack
+_ATTACK_METADATA = {"label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True), "alpha_over_eps": POSITIVE}
+
+
+def _attack_entry_keys(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """An entry takes only its own keys (:class:`AttackEntry` ``fields``; not ``seed``: the cell
+    derives it) besides the metadata, and its required ones: ``steps`` on ``fgsm`` is refused at load, not after the
+    models were trained; a ``torchattacks`` entry takes ``class`` and ``kwargs`` (a top-level ``eps`` would be
+    ignored). ``alpha_over_eps`` needs the entry's ``eps`` (or the eps study, which supplies it) and excludes
+    ``alpha``."""
+    if "alpha_over_eps" in value:
+        if "alpha" in value:
+            problems.append(f"config key {path + '.alpha_over_eps'!r}: set 'alpha' or 'alpha_over_eps', not both")
+        elif "eps" not in value and not path.startswith("studies.eps."):
+            problems.append(f"config key {path + '.alpha_over_eps'!r}: a step relative to eps needs the entry's "
+                            "'eps' (only the eps study supplies one)")
+    name = value.get("name")
+    entry = ENTRIES.get(name) if isinstance(name, str) else None
+    if entry is None:
+        return  # reported by the name's choices
+    for key in value:
+        if key == "name" or key in entry.fields or key in _ATTACK_METADATA:
+            continue
+        if name == "torchattacks":
+            problems.append(f"config key {path + '.' + key!r}: not used by a torchattacks entry (its arguments go "
+                            f"in 'kwargs', e.g. \"kwargs\": {{{json.dumps(key)}: ...}})")
+        else:
+            problems.append(f"config key {path + '.' + key!r}: not an argument of attack {name!r} "
+                            f"(it takes {', '.join(sorted(entry.fields)) or 'none'})")
+    for key in entry.required:
+        if key not in value:
+            problems.append(f"config key {path!r}: a {name!r} entry needs {key!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackEntrySchema:
+    """An attack entry: a ``name`` of :data:`ENTRIES` and the keys that entry takes, read from the registry when a
+    config is checked (a registered attack needs no change here)."""
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        fields = {"name": Value("str", choices=tuple(ENTRIES)), **_ATTACK_METADATA}
+        for entry in ENTRIES.values():
+            fields.update({k: v for k, v in entry.fields.items() if k not in fields})
+        Section(fields, required=("name",), extra=_attack_entry_keys).check(value, path, problems)
+
+
+ATTACK = AttackEntrySchema()
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackList(ListOf):
+    """A list of attack entries in which a ``worst_of`` entry names, in ``of``, the labels of other entries."""
+
+    def check(self, value: Any, path: str, problems: List[str]) -> None:
+        super().check(value, path, problems)
+        if not isinstance(value, list):
+            return
+        entries = [e for e in value if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        labels = {attack_label(e) for e in entries if e["name"] != "worst_of"}
+        for i, entry in enumerate(value):
+            if not (isinstance(entry, dict) and entry.get("name") == "worst_of"):
+                continue
+            if isinstance(entry.get("of"), list):
+                for label in entry["of"]:
+                    if label not in labels:
+                        problems.append(f"config key {f'{path}[{i}].of'!r}: {label!r} is not the label of another "
+                                        f"entry (labels: {', '.join(sorted(map(repr, labels)))})")
+
+
+ATTACK_LIST = AttackList(ATTACK)

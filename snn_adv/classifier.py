@@ -13,9 +13,10 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import base, functional
+from spikingjelly.activation_based import base
 
 from .encoding import Encoder, PoissonEncoder
+from .module_state import reset_states
 from .neurons import LeakyLIFNode, set_leak, spiking_neurons
 from .validation import check_choice, check_fits_in_memory, check_images, check_positive_int
 
@@ -98,7 +99,8 @@ class SpikingClassifier(ImageClassifier):
     ``readout='spikes'`` the output currents drive IF neurons and the logits are their firing rates instead
     (beware: its gradient vanishes when every output neuron is silent).
 
-    Every forward resets all neuron state first (``functional.reset_net``), so calls never leak into each other.
+    Every forward resets all neuron state first (:func:`~snn_adv.module_state.reset_states`), so calls never leak
+    into each other.
     ``timesteps``, ``encoder``, ``time_chunk``, ``lean`` and the leak (:meth:`set_leak`) can be changed on a built
     model.
 
@@ -196,7 +198,7 @@ class SpikingClassifier(ImageClassifier):
         self._check_multistep()
         check_fits_in_memory("timesteps", self.timesteps, (self.timesteps, *x.shape), x.dtype, x.device,
                              what="the encoded input [T, N, C, H, W] =")
-        functional.reset_net(self)
+        reset_states(self)
         spikes = self.encoder(x, self.timesteps)
         lean = self.runs_lean
         chunk = self.time_chunk or (LEAN_TIME_CHUNK if lean else self.timesteps)

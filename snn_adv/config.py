@@ -7,12 +7,14 @@ each with its full key path::
     config key 'seed' = 'zero': must be an integer
     config key 'eval_seeds' = [0, 0, 0]: must not repeat a value (0 appears 2 times)
 
-The schema language is :mod:`snn_adv.schema`; this module composes what the owners of each section declare (a
-model recipe's keys: :data:`snn_adv.training.TRAIN_FIELDS`, :data:`snn_adv.conversion.CONVERT_FIELDS` and
+The schema language is :mod:`snn_adv.schema`; this module only composes what the owners of each section declare: a
+model recipe's keys (:data:`snn_adv.training.TRAIN_FIELDS`, :data:`snn_adv.conversion.CONVERT_FIELDS` and
 ``HYBRID_FIELDS``, :data:`snn_adv.adversarial_training.ADVERSARIAL_SECTION`, composed per kind in
-:data:`snn_adv.zoo.MODEL_FIELDS`). Extending it: a new argument of ``train`` is one line in ``TRAIN_FIELDS``; a
-study's section is in ``STUDY_SECTIONS`` here, an attack entry's keys in ``ATTACK``, each a :class:`Value`,
-:class:`ListOf` or :class:`Section` that says what it may hold. Choices that grow with the package (datasets, architectures, attack
+:data:`snn_adv.zoo.MODEL_FIELDS`), each study's section (``CONFIG`` in its module, composed in
+:data:`snn_adv.studies.STUDY_SECTIONS`) and an attack entry's keys (:data:`snn_adv.attack_specs.ATTACK`, derived from
+the attack registry). Extending it: a new argument of ``train`` is one line in ``TRAIN_FIELDS``, a new study key one
+line in its module's ``CONFIG``; each a :class:`Value`, :class:`ListOf` or :class:`Section` that says what it may
+hold. Choices that grow with the package (datasets, architectures, attack
 names) are read from their registries when a config is checked, so a new dataset needs no schema change.
 
 JSON rather than TOML because the stdlib reads it on every supported Python (``tomllib`` is 3.11+).
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .io import PathLike
-from .schema import (COUNT, FLAG, FRACTION, INT, LEAK, OBJECT, POSITIVE, POSITIVE_INT, TEXT, ConfigError, ListOf, MapOf,
-                     Section, Value, show)
-from .zoo import BACKENDS, DEVICES, KINDS, MODEL_FIELDS, MODEL_REQUIRED
+from .schema import COUNT, INT, OBJECT, POSITIVE_INT, TEXT, ConfigError, ListOf, MapOf, Section, Value, show
+from .attack_specs import ATTACK_LIST
+from .studies import STUDY_SECTIONS
+from .zoo import BACKENDS, DEVICES, MODEL_FIELDS, MODEL_REQUIRED
 
 __all__ = ["ConfigError", "ListOf", "MapOf", "SCHEMA", "Section", "Value", "check_output_dir", "load_attacks", "load_config",
            "merge", "parse_overrides", "validate_config"]
@@ -49,12 +52,6 @@ def _architectures() -> Sequence[str]:
     return sorted(ARCHITECTURES)
 
 
-def _protocol_versions() -> Sequence[str]:
-    from .protocol import VERSIONS
-
-    return sorted(VERSIONS)
-
-
 @dataclass(frozen=True)
 class DatasetValue:
     """A dataset: a registered name, or an image-folder spec object (checked by :func:`snn_adv.data.dataset_info`)."""
@@ -70,118 +67,6 @@ class DatasetValue:
         except (TypeError, ValueError) as error:
             problems.append(f"{show(path, value)}: {error}")
 
-
-KIND = Value("str", choices=KINDS)
-MODE = Value("str", choices=("whitebox", "blackbox"))
-LEVELS = Value("int", minimum=2, nullable=True)
-
-#: keys of an attack entry that are table metadata or study settings, not arguments of its attack
-_ATTACK_METADATA = {"label": TEXT, "snn_only": FLAG, "study_modes": ListOf(MODE, unique=True), "alpha_over_eps": POSITIVE}
-
-
-def _attack_entry_keys(value: Mapping[str, Any], path: str, problems: List[str]) -> None:
-    """An entry takes only its own keys (:class:`snn_adv.attack_specs.AttackEntry` ``fields``; not ``seed``: the cell
-    derives it) besides the metadata, and its required ones: ``steps`` on ``fgsm`` is refused at load, not after the
-    models were trained; a ``torchattacks`` entry takes ``class`` and ``kwargs`` (a top-level ``eps`` would be
-    ignored). ``alpha_over_eps`` needs the entry's ``eps`` (or the eps study, which supplies it) and excludes
-    ``alpha``."""
-    from .attack_specs import ENTRIES
-
-    if "alpha_over_eps" in value:
-        if "alpha" in value:
-            problems.append(f"config key {path + '.alpha_over_eps'!r}: set 'alpha' or 'alpha_over_eps', not both")
-        elif "eps" not in value and not path.startswith("studies.eps."):
-            problems.append(f"config key {path + '.alpha_over_eps'!r}: a step relative to eps needs the entry's "
-                            "'eps' (only the eps study supplies one)")
-    name = value.get("name")
-    entry = ENTRIES.get(name) if isinstance(name, str) else None
-    if entry is None:
-        return  # reported by the name's choices
-    for key in value:
-        if key == "name" or key in entry.fields or key in _ATTACK_METADATA:
-            continue
-        if name == "torchattacks":
-            problems.append(f"config key {path + '.' + key!r}: not used by a torchattacks entry (its arguments go "
-                            f"in 'kwargs', e.g. \"kwargs\": {{{json.dumps(key)}: ...}})")
-        else:
-            problems.append(f"config key {path + '.' + key!r}: not an argument of attack {name!r} "
-                            f"(it takes {', '.join(sorted(entry.fields)) or 'none'})")
-    for key in entry.required:
-        if key not in value:
-            problems.append(f"config key {path!r}: a {name!r} entry needs {key!r}")
-
-
-@dataclass(frozen=True)
-class AttackEntrySchema:
-    """An attack entry: a ``name`` of :data:`snn_adv.attack_specs.ENTRIES` and the keys that entry takes, read from
-    the registry when a config is checked (a registered attack needs no change here)."""
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        from .attack_specs import ENTRIES
-
-        fields = {"name": Value("str", choices=tuple(ENTRIES)), **_ATTACK_METADATA}
-        for entry in ENTRIES.values():
-            fields.update({k: v for k, v in entry.fields.items() if k not in fields})
-        Section(fields, required=("name",), extra=_attack_entry_keys).check(value, path, problems)
-
-
-ATTACK = AttackEntrySchema()
-
-
-@dataclass(frozen=True)
-class AttackList(ListOf):
-    """A list of attack entries in which a ``worst_of`` entry names, in ``of``, the labels of other entries."""
-
-    def check(self, value: Any, path: str, problems: List[str]) -> None:
-        super().check(value, path, problems)
-        if not isinstance(value, list):
-            return
-        from .attack_specs import attack_label
-
-        entries = [e for e in value if isinstance(e, dict) and isinstance(e.get("name"), str)]
-        labels = {attack_label(e) for e in entries if e["name"] != "worst_of"}
-        for i, entry in enumerate(value):
-            if not (isinstance(entry, dict) and entry.get("name") == "worst_of"):
-                continue
-            if isinstance(entry.get("of"), list):
-                for label in entry["of"]:
-                    if label not in labels:
-                        problems.append(f"config key {f'{path}[{i}].of'!r}: {label!r} is not the label of another "
-                                        f"entry (labels: {', '.join(sorted(map(repr, labels)))})")
-
-
-ATTACK_LIST = AttackList(ATTACK)
-KIND_LIST = ListOf(KIND, unique=True)
-
-_TEST_COUNT = {"test_count": COUNT}
-#: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images
-_TEST_COUNTS = Section({kind: Value("int", minimum=1) for kind in KIND.choices})
-STUDY_SECTIONS: Dict[str, Section] = {
-    "robustness": Section({**_TEST_COUNT, "attacks": ATTACK_LIST, "kinds": KIND_LIST, "sources": KIND_LIST,
-                           "test_counts": _TEST_COUNTS}, required=("attacks",)),
-    "strong": Section({**_TEST_COUNT, "attacks": ATTACK_LIST, "kinds": KIND_LIST, "sources": KIND_LIST, "blackbox": FLAG,
-                       "test_counts": _TEST_COUNTS},
-                      required=("attacks",)),
-    "timesteps": Section({**_TEST_COUNT, "kinds": KIND_LIST, "timesteps": ListOf(POSITIVE_INT, unique=True),
-                          "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST,
-                          "blackbox_source": KIND, "retrain": FLAG},
-                         required=("kinds", "timesteps", "levels", "modes", "attacks")),
-    "leak": Section({**_TEST_COUNT, "kinds": KIND_LIST, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
-                     "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST, "blackbox_source": KIND, "retrain": FLAG},
-                    required=("kinds", "leaks", "modes", "attacks")),
-    "eps": Section({**_TEST_COUNT, "kinds": KIND_LIST, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
-                    "attacks": ATTACK_LIST}, required=("kinds", "eps_255", "attacks")),
-    "layerwise": Section({**_TEST_COUNT, "models": ListOf(Section({"kind": KIND, "leak": LEAK, "timesteps": POSITIVE_INT,
-                                                                  "levels": LEVELS, "rate": FRACTION}, required=("kind",)),
-                                                          unique=True),
-                          "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
-                          "attack": ATTACK, "retrain": FLAG}, required=("models", "perturbations", "attack")),
-    "protocol": Section({**_TEST_COUNT, "kinds": KIND_LIST, "sources": ListOf(KIND, unique=True, min_items=0),
-                         "test_counts": _TEST_COUNTS,
-                         "eps": Value("number", minimum=1e-9, maximum=1),
-                         "version": Value("str", choices=_protocol_versions), "fresh_draws": POSITIVE_INT,
-                         "defences": ListOf(Value("str", nullable=True), unique=True), "reference": ATTACK}),
-}
 
 def _timesteps_of(config: Mapping[str, Any]) -> List[Tuple[str, Any]]:
     """(key path, T) of every timesteps value a config sets."""

@@ -27,12 +27,12 @@ from typing import Iterable, List, Optional
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from .classifier import AnnClassifier, SpikingClassifier
 from .compat import insert_voltage_hooks
 from .encoding import Encoder, PoissonEncoder
 from .models import fold_batchnorm, set_thresholds, snn_from_ann
+from .module_state import reset_states
 from .progress import describe, log, progress as progress_bar
 from .schema import LEAK, POSITIVE_INT, Value
 from .validation import check_choice, check_fraction, check_leak, check_positive, check_positive_int
@@ -108,7 +108,7 @@ def _balance_thresholds(snn: SpikingClassifier, loader: Iterable, percentile: fl
             with torch.no_grad():
                 for images, _ in _batches(loader, max_batches):
                     x = snn.normalize(images.to(device))
-                    functional.reset_net(snn)
+                    reset_states(snn)
                     chunk = snn.timesteps if time_chunk is None else time_chunk
                     for start in range(0, snn.timesteps, chunk):
                         try:

@@ -1,13 +1,29 @@
-"""Context managers that change a module's state for a block and always give it back: its train/eval modes and its
-parameters' ``requires_grad`` flags. Low in the package (encoding, attacks, evaluation and training use them)."""
+"""A module's state: context managers that change it for a block and always give it back (train/eval modes,
+parameters' ``requires_grad`` flags), and the reset of neuron state before a forward. Low in the package (encoding,
+classifiers, attacks, evaluation and training use them)."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
 import torch.nn as nn
+from spikingjelly.activation_based import base
 
-__all__ = ["frozen_parameters", "preserved_modes"]
+__all__ = ["frozen_parameters", "preserved_modes", "reset_states"]
+
+
+def reset_states(net: nn.Module) -> None:
+    """Reset every neuron state in ``net``: each SpikingJelly memory module's ``reset()`` and each module's
+    ``reset_state()`` (the bodies of :mod:`snn_adv.frameworks`: snnTorch and Norse networks).
+
+    Why not ``functional.reset_net``: it calls ``reset()`` on any module that has an attribute of that name (every
+    snnTorch neuron keeps a tensor called ``reset``: a TypeError), and SpikingJelly 2.x caches the modules it resets
+    per network, so a neuron swapped in after the first reset is never reset again."""
+    for module in net.modules():
+        if isinstance(module, base.MemoryModule):
+            module.reset()
+        elif callable(getattr(module, "reset_state", None)):
+            module.reset_state()
 
 
 @contextlib.contextmanager

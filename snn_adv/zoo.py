@@ -31,7 +31,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 from torch.utils.data import Dataset
 
 from . import checkpoints
@@ -44,6 +43,7 @@ from .distributed import dist_info, distributed_loader, wrap_ddp
 from .encoding import PoissonEncoder
 from .io import PathLike
 from .models import build_classifier
+from .module_state import reset_states
 from .neurons import cupy_available
 from .seeds import derive_seed
 from .schema import COUNT, POSITIVE_INT
@@ -82,7 +82,7 @@ def data_recipe(data: Mapping[str, Any]) -> Dict[str, Any]:
 
 def reset(model: nn.Module) -> nn.Module:
     """Clear neuron state left by the last forward (it may hold an autograd graph, which deepcopy refuses)."""
-    functional.reset_net(model)
+    reset_states(model)
     return model
 
 

@@ -16,6 +16,8 @@ from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear
 
 torchattacks = pytest.importorskip("torchattacks")
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def stock_network(snn, step_mode="m"):
     """``snn``'s body rebuilt with stock IFNodes (leak 1, soft reset): what a SpikingJelly user would have."""
@@ -96,7 +98,7 @@ def test_our_gradient_modes_on_stock_neurons(model, data):
 def test_adapter_bad_networks(snn):
     with pytest.raises(ValueError, match="single-step"):
         adapt(stock_network(snn, step_mode="s"), timesteps=4)
-    with pytest.raises(ValueError, match="no SpikingJelly neuron"):
+    with pytest.raises(ValueError, match="no spiking neuron"):
         adapt(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
     with pytest.raises(TypeError, match="network"):
         adapt("not a network")

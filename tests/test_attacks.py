@@ -11,6 +11,8 @@ from snn_adv.attacks import FGSM, PGD, NoInputGradientError, WorstCase
 from snn_adv.classifier import AnnClassifier
 from snn_adv.neurons import LeakyLIFNode
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def linear_model(classes=3, features=12, seed=0):
     torch.manual_seed(seed)

@@ -18,6 +18,8 @@ from snn_adv.encoding import PoissonEncoder
 from snn_adv.models import build_classifier, get_thresholds, spiking_twin, vgg_tiny
 from snn_adv.neurons import HardResetLIFNode, LeakyLIFNode, PiecewiseLinear
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def _same_outputs(a, b, x):
     if hasattr(a, "encoder"):

@@ -10,6 +10,8 @@ from snn_adv.classifier import AnnClassifier, SpikingClassifier
 from snn_adv.encoding import DirectEncoder, PoissonEncoder
 from snn_adv.neurons import LeakyLIFNode
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def small_body(seed: int = 0, channels: int = 2, size: int = 6, classes: int = 4) -> nn.Module:
     torch.manual_seed(seed)

@@ -9,6 +9,8 @@ from spikingjelly.activation_based import neuron
 from snn_adv import compat
 from snn_adv.neurons import LeakyLIFNode, PiecewiseLinear
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def test_the_version_is_the_installed_one():
     assert compat.SJ_VERSION == metadata.version("spikingjelly")

@@ -10,6 +10,8 @@ from snn_adv.conversion import convert, hybrid_init
 from snn_adv.encoding import PoissonEncoder
 from snn_adv.models import build_classifier, get_thresholds
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 def agreement(ann, snn, x, timesteps, seed=0):
     snn.timesteps = timesteps

@@ -9,6 +9,8 @@ from spikingjelly.activation_based import functional, neuron
 from snn_adv import _lif_cpu
 from snn_adv.neurons import HardResetLIFNode, LeakyLIFNode, PiecewiseLinear, set_leak, spiking_neurons, surrogate_derivative
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 
 @pytest.fixture(autouse=True, params=["cpu_kernel", "torch_loop"])
 def multistep_path(request):

@@ -9,6 +9,8 @@ import pytest
 
 import snn_adv
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 CHANGELOG = (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text()
 
 

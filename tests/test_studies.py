@@ -15,6 +15,8 @@ from snn_adv.studies.layerwise import layer_activations, relative_change, relati
 from snn_adv.zoo import LABELS, ModelZoo
 from test_stats import hand_bootstrap_interval
 
+pytestmark = pytest.mark.spikingjelly_versions  # CI runs this file under each SpikingJelly version
+
 TINY = config_path("tiny")
 
 

@@ -62,6 +62,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..frameworks import foreign_neurons_note
 from ..neurons import (BackwardRule, LeakyLIFNode, PiecewiseLinear, spiking_neurons, supports_backward_rules,
                        surrogate_derivative)
 from ..validation import check_choice, check_fraction, check_positive
@@ -286,7 +287,9 @@ def gradient_mode(model: nn.Module, mode: Union[str, GradientMode] = "bptt", sur
     nodes = spiking_neurons(model)
     is_default = isinstance(resolved, BPTT) and resolved.surrogate is None
     if not nodes and not is_default:
-        raise ValueError(f"argument 'grad_mode' = {resolved!r}: needs a spiking model; this model has no spiking neurons")
+        foreign = foreign_neurons_note(model)
+        raise ValueError(f"argument 'grad_mode' = {resolved!r}: needs SpikingJelly neurons; "
+                         + (f"this model's are not: {foreign}" if foreign else "this model has no spiking neurons"))
     if resolved.needs_backward_rule:
         stock = sorted({type(n).__name__ for n in nodes if not supports_backward_rules(n)})
         if stock:

@@ -38,6 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch.nn as nn
 
 from ..attacks import APGD, GRADIENT_MODES, PGD, SAPGD, Square, resolve_gradient_mode
+from ..frameworks import foreign_neurons_note
 from ..neurons import build_surrogate, spiking_neurons, supports_backward_rules
 from ..seeds import canonical_json
 
@@ -76,7 +77,8 @@ class Stage:
             return None
         neurons = spiking_neurons(model)
         if not neurons:
-            return "no spiking neurons: the model's gradient is exact, the stage would repeat apgd-ce"
+            foreign = foreign_neurons_note(model)
+            return foreign or "no spiking neurons: the model's gradient is exact, the stage would repeat apgd-ce"
         if self.grad_mode["name"] != "bptt" and not all(map(supports_backward_rules, neurons)):
             return (f"gradient mode {self.grad_mode['name']!r} needs snn_adv's LeakyLIFNode with its own step hooks "
                     "(stock neurons, or a class overriding SpikingJelly's)")

@@ -23,22 +23,20 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 from ..attack_specs import check_protocols
 from ..cells import claim_output_folder
 from ..io import PathLike
+from ..schema import Section
 from ..validation import check_choice
 from ..zoo import KINDS, LABELS, ModelZoo
 from . import eps, layerwise, leak, protocol, robustness, strong, timesteps
 from .common import StudyContext
 
-__all__ = ["STUDIES", "StudyContext", "check_study_protocols", "run_studies", "run_study"]
+__all__ = ["STUDIES", "STUDY_SECTIONS", "StudyContext", "check_study_protocols", "run_studies", "run_study"]
 
-STUDIES: Dict[str, Callable[[StudyContext], str]] = {
-    "robustness": robustness.run,
-    "timesteps": timesteps.run,
-    "leak": leak.run,
-    "eps": eps.run,
-    "layerwise": layerwise.run,
-    "strong": strong.run,
-    "protocol": protocol.run,
-}
+#: the study modules in the order ``study all`` runs them; each has ``run`` and its config section ``CONFIG``
+_MODULES = {"robustness": robustness, "timesteps": timesteps, "leak": leak, "eps": eps, "layerwise": layerwise,
+            "strong": strong, "protocol": protocol}
+STUDIES: Dict[str, Callable[[StudyContext], str]] = {name: module.run for name, module in _MODULES.items()}
+#: each study's config section (``studies.<name>``), composed by :mod:`snn_adv.config`
+STUDY_SECTIONS: Dict[str, Section] = {name: module.CONFIG for name, module in _MODULES.items()}
 
 
 def check_study_protocols(name: str, config: Mapping[str, Any]) -> None:

@@ -21,14 +21,26 @@ from ..data.fingerprint import dataset_fingerprint
 from ..distributed import dist_info, sharded_evaluate
 from ..evaluation import Check, CleanMemo, EvaluationResult, warn_failures
 from ..io import PathLike, atomic_write, atomic_write_json, provenance
+from ..schema import COUNT, ListOf, Section, Value
 from ..stats import Comparison, holm
 from ..zoo import KINDS, LABELS, ModelZoo
 
 #: the level of every interval and paired test the studies report
 LEVEL = 0.95
 
-__all__ = ["StudyContext", "check_evaluation_data", "evaluate_condition", "family_verdicts", "interval_columns",
+__all__ = ["KIND", "KIND_LIST", "LEVELS", "TEST_COUNT", "TEST_COUNTS", "StudyContext", "check_evaluation_data", "evaluate_condition", "family_verdicts", "interval_columns",
            "public_config", "record_comparisons", "record_checks", "results_of"]
+
+# the pieces of the studies' config sections (each study module declares its own, ``CONFIG``)
+#: a model kind of the zoo
+KIND = Value("str", choices=KINDS)
+KIND_LIST = ListOf(KIND, unique=True)
+#: an input quantisation level count (None: no quantisation)
+LEVELS = Value("int", minimum=2, nullable=True)
+#: a study's own number of test images (overrides ``data.test_count``)
+TEST_COUNT = {"test_count": COUNT}
+#: fewer images for some target kinds of a table study (e.g. SNN-conv at a large T): a prefix of its test images
+TEST_COUNTS = Section({kind: Value("int", minimum=1) for kind in KINDS})
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 accuracy falls with eps, by paired tests between neighbouring eps; paired comparisons against the first eps)."""
 from __future__ import annotations
 
-from ..attack_specs import at_eps, attack_label
+from ..attack_specs import ATTACK_LIST, at_eps, attack_label
+from ..schema import ListOf, Section, Value
 from ..zoo import LABELS
-from .common import StudyContext, sweep
+from .common import KIND_LIST, TEST_COUNT, StudyContext, sweep
 
-__all__ = ["run"]
+__all__ = ["CONFIG", "run"]
+
+#: the study's config section (``studies.eps``)
+CONFIG = Section({**TEST_COUNT, "kinds": KIND_LIST, "eps_255": ListOf(Value("number", minimum=0, maximum=255), unique=True),
+                  "attacks": ATTACK_LIST}, required=("kinds", "eps_255", "attacks"))
 
 
 def run(ctx: StudyContext) -> str:

@@ -21,19 +21,27 @@ import torch
 import torch.nn as nn
 
 from .. import plots
-from ..attack_specs import attack_label, build_attack
+from ..attack_specs import ATTACK, attack_label, build_attack
 from ..cells import cell_key
 from ..classifier import SpikingClassifier
 from ..distributed import dist_info
 from ..encoding import fixed_noise
 from ..neurons import LeakyLIFNode
+from ..schema import FLAG, FRACTION, LEAK, POSITIVE_INT, ListOf, Section, Value
 from ..seeds import derive_seed
 from ..stats import mean_interval, paired_difference
 from ..zoo import LABELS
-from .common import LEVEL, StudyContext, family_verdicts, trained_per_point
+from .common import KIND, LEVEL, LEVELS, TEST_COUNT, StudyContext, family_verdicts, trained_per_point
 
-__all__ = ["GROWTH_COLUMNS", "GROWTH_FAMILIES", "TABLE_COLUMNS", "growth_rows", "layer_activations",
+__all__ = ["CONFIG", "GROWTH_COLUMNS", "GROWTH_FAMILIES", "TABLE_COLUMNS", "growth_rows", "layer_activations",
            "per_image_changes", "relative_change", "relative_change_per_image", "run"]
+
+#: the study's config section (``studies.layerwise``)
+CONFIG = Section({**TEST_COUNT, "models": ListOf(Section({"kind": KIND, "leak": LEAK, "timesteps": POSITIVE_INT,
+                                                          "levels": LEVELS, "rate": FRACTION}, required=("kind",)),
+                                                 unique=True),
+                  "perturbations": ListOf(Value("str", choices=("whitebox", "transfer")), unique=True),
+                  "attack": ATTACK, "retrain": FLAG}, required=("models", "perturbations", "attack"))
 
 TABLE_COLUMNS = ["model", "perturbation", "quantity", "layer", "relative_change", "relative_change_low",
                  "relative_change_high", "n_images", "input_relative_change", "cell"]

@@ -11,11 +11,17 @@ every point. Paired comparisons: each leak against the first of the section.
 """
 from __future__ import annotations
 
-from ..attack_specs import attack_label
+from ..attack_specs import ATTACK_LIST, MODE, attack_label
+from ..schema import FLAG, LEAK, POSITIVE_INT, ListOf, Section
 from ..zoo import LABELS
-from .common import StudyContext, sweep, trained_per_point
+from .common import KIND, KIND_LIST, TEST_COUNT, StudyContext, sweep, trained_per_point
 
-__all__ = ["run"]
+__all__ = ["CONFIG", "run"]
+
+#: the study's config section (``studies.leak``)
+CONFIG = Section({**TEST_COUNT, "kinds": KIND_LIST, "leaks": ListOf(LEAK, unique=True), "timesteps": POSITIVE_INT,
+                  "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST, "blackbox_source": KIND, "retrain": FLAG},
+                 required=("kinds", "leaks", "modes", "attacks"))
 
 
 def run(ctx: StudyContext) -> str:

@@ -26,17 +26,24 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
 from .. import checkpoints, plots
-from ..attack_specs import attack_label
+from ..attack_specs import ATTACK, attack_label
 from ..cells import cell_key
 from ..evaluation import Check, EvaluationResult, compare
-from ..protocol import battery_digest, robust_accuracy
+from ..protocol import VERSIONS, battery_digest, robust_accuracy
 from ..protocol.report import FORWARD_COST
+from ..schema import POSITIVE_INT, ListOf, Section, Value
 from ..zoo import KINDS, LABELS
-from .common import (StudyContext, comparison_row, family_verdicts, interval_columns, record_checks,
+from .common import (KIND, KIND_LIST, TEST_COUNT, TEST_COUNTS, StudyContext, comparison_row, family_verdicts, interval_columns, record_checks,
                      record_comparisons, results_of)
 from .robustness import on_common_images
 
-__all__ = ["DEFAULTS", "run", "sources_of", "target_label"]
+__all__ = ["CONFIG", "DEFAULTS", "run", "sources_of", "target_label"]
+
+#: the study's config section (``studies.protocol``); battery versions are read when a config is checked
+CONFIG = Section({**TEST_COUNT, "kinds": KIND_LIST, "sources": ListOf(KIND, unique=True, min_items=0),
+                  "test_counts": TEST_COUNTS, "eps": Value("number", minimum=1e-9, maximum=1),
+                  "version": Value("str", choices=lambda: sorted(VERSIONS)), "fresh_draws": POSITIVE_INT,
+                  "defences": ListOf(Value("str", nullable=True), unique=True), "reference": ATTACK})
 
 #: the section's defaults: the issue's threat model (Linf 8/255), the first battery, K = 8 fresh draws
 DEFAULTS = {"eps": 8 / 255, "version": "snn-v1", "fresh_draws": 8, "sources": ["ann"]}

@@ -18,17 +18,22 @@ import torch
 import torch.nn as nn
 
 from .. import plots
-from ..attack_specs import ENTRIES, attack_label, check_protocols
+from ..attack_specs import ATTACK_LIST, ENTRIES, attack_label, check_protocols
 from ..cells import cell_key, markdown_table
 from ..distributed import dist_info
 from ..evaluation import (Check, CleanMemo, EvaluationResult, check_gradient_free, check_minimal_norm,
                           check_more_effort, check_not_weaker, check_whitebox_vs_transfer, compare)
+from ..schema import Section
 from ..zoo import KINDS, LABELS
-from .common import (NO_GRADIENT, StudyContext, comparison_row, evaluate_condition, family_verdicts, interval_columns,
+from .common import (KIND_LIST, NO_GRADIENT, TEST_COUNT, TEST_COUNTS, StudyContext, comparison_row, evaluate_condition, family_verdicts, interval_columns,
                      record_checks, record_comparisons, results_of)
 
-__all__ = ["CLEAN_FAMILY", "ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "comparison_family",
+__all__ = ["CLEAN_FAMILY", "CONFIG", "ROW_COLUMNS", "WORST", "add_worst_cases", "attack_checks", "comparison_family",
            "condition_of", "evaluate_models", "is_derived", "on_common_images", "run", "summarise", "table_study"]
+
+#: the study's config section (``studies.robustness``)
+CONFIG = Section({**TEST_COUNT, "attacks": ATTACK_LIST, "kinds": KIND_LIST, "sources": KIND_LIST,
+                  "test_counts": TEST_COUNTS}, required=("attacks",))
 
 
 def _pgd_effort(spec: Mapping[str, Any]) -> Tuple[Any, ...]:

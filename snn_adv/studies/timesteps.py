@@ -15,11 +15,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..attack_specs import attack_label
+from ..attack_specs import ATTACK_LIST, MODE, attack_label
+from ..schema import FLAG, POSITIVE_INT, ListOf, Section
 from ..zoo import LABELS
-from .common import StudyContext, sweep, trained_per_point
+from .common import KIND, KIND_LIST, LEVELS, TEST_COUNT, StudyContext, sweep, trained_per_point
 
-__all__ = ["run"]
+__all__ = ["CONFIG", "run"]
+
+#: the study's config section (``studies.timesteps``)
+CONFIG = Section({**TEST_COUNT, "kinds": KIND_LIST, "timesteps": ListOf(POSITIVE_INT, unique=True),
+                  "levels": ListOf(LEVELS, unique=True), "modes": ListOf(MODE, unique=True), "attacks": ATTACK_LIST,
+                  "blackbox_source": KIND, "retrain": FLAG},
+                 required=("kinds", "timesteps", "levels", "modes", "attacks"))
 
 
 def _levels(levels: Optional[int]) -> str:
