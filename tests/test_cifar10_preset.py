@@ -34,3 +34,23 @@ def test_preset_recipes_are_training_arguments():
         assert {"FGSM", "PGD"} <= labels, study
     pgd = next(a for a in config["studies"]["robustness"]["attacks"] if a["name"] == "pgd")
     assert (pgd["eps"], pgd["alpha"], pgd["steps"], pgd["random_start"]) == (8 / 255, 2 / 255, 7, True)
+
+
+def test_defences_preset_defends_the_protocols_plain_models():
+    """cifar10_defences: its plain models are the recipes the committed protocol ran on (cifar10_cpu with the ANN in
+    float32: the same zoo keys, so they are reused, not retrained); its AT twins are PGD-AT'd ANN and SNN-BP; every
+    target meets the same battery and the defence papers' PGD-10 without EOT."""
+    from snn_adv.config import load_config
+    from snn_adv.configs import config_path
+
+    defences = load_config(config_path("cifar10_defences"))
+    plain = load_config(config_path("cifar10_cpu"), {"models": {"ann": {"precision": "float32"}}})
+    for key in ("arch", "arch_kwargs", "seeds", "ann", "snn_conv", "snn_bp"):
+        assert defences["models"][key] == plain["models"][key], key
+    assert defences["data"] == plain["data"] and defences["seed"] == plain["seed"]
+    assert {kind: recipe["adversarial"]["method"] for kind, recipe in defences["models"]["defences"]["AT"].items()} \
+        == {"ann": "pgd", "snn_bp": "pgd"}
+    section = defences["studies"]["protocol"]
+    assert section["defences"] == [None, "AT"] and section["kinds"] == ["ann", "snn_bp"]
+    assert section["reference"]["steps"] == 10 and "eot" not in section["reference"]
+    assert section["version"] == plain["studies"]["protocol"]["version"]
