@@ -306,3 +306,18 @@ def test_report_table_shows_each_stage_with_its_cumulative_interval(monkeypatch,
         assert cells[0] == f"| {row['stage']}" and cells[4] == shown
     assert sum(line.startswith("- PASS") or line.startswith("- FAIL") for line in lines) == len(
         [c for c in report.checks if c.passed is not None])
+
+
+def test_a_silent_deep_stock_network_is_unreliable(battery, trained_pair):
+    """Issue 26's case: an untrained deep net of stock LIF neurons under ``adapt`` has an input gradient of ~1e-10,
+    not zero (the exact-zero guard passes it). The protocol's vanishing-gradient probe finds that a step down that
+    gradient lowers the margin no more often than a random step, and the headline says the figure is unreliable."""
+    from test_attacks import _silent_deep_stock_net
+
+    x, y = trained_pair.x[:100], trained_pair.y[:100]
+    model = _silent_deep_stock_net()
+    report = robust_accuracy(model, (x, y), eps=0.1, version=battery, scoring_seeds=[0], fresh_draws=1,
+                             progress=False)
+    vanishing = next(c for c in report.checks if c.name == "vanishing_gradient")
+    assert vanishing.passed is False, vanishing
+    assert report.verdict.startswith("unreliable") and "vanishing_gradient" in report.verdict
