@@ -109,7 +109,7 @@ class SnnTorchBody(nn.Module):
         self.network = network
         self.output = check_choice("output", output, self.outputs)
 
-    def reset_state(self) -> None:
+    def reset(self) -> None:
         """Zero every neuron's state (snnTorch's own per-neuron ``reset_mem``); also drops the last forward's graph."""
         for neuron in _snntorch_neurons(self.network):
             neuron.reset_mem()
@@ -142,7 +142,7 @@ class NorseBody(nn.Module):
         self.stepwise = stepwise
         self.state: Any = None
 
-    def reset_state(self) -> None:
+    def reset(self) -> None:
         """Start the next forward from Norse's fresh state (and drop the last forward's graph)."""
         self.state = None
 

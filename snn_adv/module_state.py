@@ -7,23 +7,21 @@ import contextlib
 from typing import Iterator
 
 import torch.nn as nn
-from spikingjelly.activation_based import base
 
 __all__ = ["frozen_parameters", "preserved_modes", "reset_states"]
 
 
 def reset_states(net: nn.Module) -> None:
-    """Reset every neuron state in ``net``: each SpikingJelly memory module's ``reset()`` and each module's
-    ``reset_state()`` (the bodies of :mod:`snn_adv.frameworks`: snnTorch and Norse networks).
+    """Reset every neuron state in ``net``: SpikingJelly's contract, ``reset()`` on each module that has that method
+    (its memory modules, users' stateful modules, the bodies of :mod:`snn_adv.frameworks` for snnTorch and Norse).
 
-    Why not ``functional.reset_net``: it calls ``reset()`` on any module that has an attribute of that name (every
-    snnTorch neuron keeps a tensor called ``reset``: a TypeError), and SpikingJelly 2.x caches the modules it resets
-    per network, so a neuron swapped in after the first reset is never reset again."""
+    Why not ``functional.reset_net`` itself: it calls ``reset`` on any module with an attribute of that name, method
+    or not (every snnTorch neuron keeps a tensor called ``reset``: a TypeError), and SpikingJelly 2.x caches the
+    modules it resets per network, so a neuron swapped in after the first reset is never reset again."""
     for module in net.modules():
-        if isinstance(module, base.MemoryModule):
-            module.reset()
-        elif callable(getattr(module, "reset_state", None)):
-            module.reset_state()
+        reset = getattr(module, "reset", None)
+        if callable(reset):
+            reset()
 
 
 @contextlib.contextmanager
