@@ -107,6 +107,7 @@ def save(model: ImageClassifier, path: PathLike, **metadata: Any) -> Path:
             "timesteps": model.timesteps,
             "leaks": [float(n.leak.detach()) if n.learnable_leak else float(n.leak) for n in leaky],
             "learnable_leaks": [bool(n.learnable_leak) for n in leaky],
+            "learnable_thresholds": [bool(n.learnable_threshold) for n in leaky],
             "thresholds": [float(n.v_threshold) for n in neurons],
             "neurons": [_neuron_record(n) for n in neurons],
             "encoder": _plain(model.encoder.settings()),
@@ -308,6 +309,9 @@ def _rebuild(payload: Dict[str, Any], body: Optional[nn.Module], backend: Option
             if trainable and not node.learnable_leak:
                 _make_leak_learnable(node)
             node.leak = leak
+        for node, trainable in zip(nodes, snn.get("learnable_thresholds", [False] * len(nodes))):
+            if trainable:
+                node.make_threshold_learnable()  # its value comes from the state dict
     _check_structure(model.state_dict(), payload["state_dict"])
     model.load_state_dict(payload["state_dict"])
     return model

@@ -34,7 +34,8 @@ from .encoding import Encoder, PoissonEncoder
 from .models import fold_batchnorm, set_thresholds, snn_from_ann
 from .module_state import reset_states
 from .progress import describe, log, progress as progress_bar
-from .schema import LEAK, POSITIVE_INT, Value
+from .neurons import LeakyLIFNode
+from .schema import FLAG, LEAK, POSITIVE_INT, Value
 from .validation import check_choice, check_fraction, check_leak, check_positive, check_positive_int
 
 __all__ = ["CONVERT_FIELDS", "HYBRID_FIELDS", "METHODS", "convert", "hybrid_init"]
@@ -44,7 +45,8 @@ METHODS = ("threshold-balancing", "spikingjelly")
 #: ``models.snn_bp`` recipe (a test holds them to the signatures)
 CONVERT_FIELDS = {"timesteps": POSITIVE_INT, "method": Value("str", choices=METHODS),
                  "percentile": Value("number", minimum=1e-9, maximum=100)}
-HYBRID_FIELDS = {"timesteps": POSITIVE_INT, "threshold_scale": Value("number", minimum=1e-9), "leak": LEAK}
+HYBRID_FIELDS = {"timesteps": POSITIVE_INT, "threshold_scale": Value("number", minimum=1e-9), "leak": LEAK,
+                 "learnable_thresholds": FLAG}
 _SAMPLES_PER_BATCH = 1 << 21  # currents kept from the first batch for a percentile (that fraction of each batch)
 
 
@@ -194,10 +196,15 @@ def hybrid_init(
     timesteps: int,
     threshold_scale: float = 0.7,
     leak: float = 0.99,
+    learnable_thresholds: bool = False,
 ) -> SpikingClassifier:
     """The starting point of SNN-BP (Rathi et al. 2020): an independent copy of a converted SNN with every
     threshold multiplied by ``threshold_scale`` (lower thresholds make up for the shorter T), the given ``leak``
-    (LIF neurons) and ``timesteps``. Train it with :func:`snn_adv.training.train` (Adam, lr 1e-4)."""
+    (LIF neurons) and ``timesteps``. Train it with :func:`snn_adv.training.train` (Adam, lr 1e-4).
+
+    ``learnable_thresholds``: every :class:`~snn_adv.neurons.LeakyLIFNode`'s threshold becomes a trainable
+    parameter, finetuned with the weights (Ozdenizci and Legenstein's robust conversion, TMLR 2024, with an
+    adversarial recipe such as ``adversarial={"method": "trades-rfgsm", "eps": 2/255}``)."""
     if not isinstance(snn, SpikingClassifier):
         raise TypeError(f"argument 'snn' must be a SpikingClassifier, got {type(snn).__name__}")
     threshold_scale = check_positive("threshold_scale", threshold_scale)
@@ -207,5 +214,11 @@ def hybrid_init(
     for node in hybrid.neurons():
         node.v_threshold = node.v_threshold * threshold_scale
     hybrid.set_leak(leak)
+    if learnable_thresholds:
+        nodes = hybrid.neurons()
+        if not all(isinstance(node, LeakyLIFNode) for node in nodes):
+            raise TypeError("learnable_thresholds needs snn_adv's LeakyLIFNode (or a subclass) in every spiking layer")
+        for node in nodes:
+            node.make_threshold_learnable()
     hybrid.arch.setdefault("hybrid", {}).update(threshold_scale=threshold_scale, leak=leak, timesteps=timesteps)
     return hybrid

@@ -142,7 +142,7 @@ def train(
         precision; see :data:`PRECISIONS`). Evaluation is unaffected: a trained model runs in float32.
     :param adversarial: adversarial training (:class:`~snn_adv.adversarial_training.AdversarialTraining` or a mapping
         of its fields: ``method`` ``'pgd'`` (Madry), ``'fast'`` (FGSM with a random start, Wong et al.) or
-        ``'trades'``, ``eps``, ``alpha``, ``steps``, ``beta``, ``eot``, ``grad_mode``): each batch is crafted on the
+        ``'trades'`` or ``'trades-rfgsm'`` (Ozdenizci and Legenstein's), ``eps``, ``alpha``, ``steps``, ``beta``, ``eot``, ``grad_mode``): each batch is crafted on the
         model being trained; ``train_loss`` / ``train_accuracy`` are then the method's loss and accuracy.
     :param checkpoint: a file holding the training state after each epoch (model, optimiser, schedule, history and
         every random generator), written atomically. Where it exists, training resumes after its last epoch, so a

@@ -4,7 +4,8 @@ A config's ``models`` section holds one recipe per kind (see ``snn_adv/configs/*
 
     ann       arch, arch_kwargs, seeds {main, source}, epochs, lr, batch_size, [optimizer, schedule, ...]
     snn_conv  timesteps, percentile, calibration_count, [method, calibration_batch_size]   from: the ANN
-    snn_bp    timesteps, leak, threshold_scale, epochs, lr, batch_size, train_count, [micro_batch]  from: SNN-conv
+    snn_bp    timesteps, leak, threshold_scale, epochs, lr, batch_size, train_count, [micro_batch,
+              learnable_thresholds]  from: SNN-conv
 
 ``ModelZoo.get(kind, role)`` returns the trained model of ``kind`` in ``role`` ``main`` (the targets) or ``source``
 (the blackbox sources, trained alike with another seed). A config's ``models.defences`` names variants of the recipes
@@ -144,7 +145,8 @@ def _convert(ann: AnnClassifier, recipe: Mapping[str, Any], data: Mapping[str, A
 def _finetune(snn_conv: SpikingClassifier, recipe: Mapping[str, Any], data: Mapping[str, Any], seed: int,
               progress: bool, checkpoint: Path) -> SpikingClassifier:
     """SNN-BP: :func:`snn_adv.conversion.hybrid_init` (thresholds x scale, leak, T), then surrogate-gradient BPTT."""
-    model = hybrid_init(snn_conv, recipe["timesteps"], recipe.get("threshold_scale", 0.7), recipe.get("leak", 0.99))
+    model = hybrid_init(snn_conv, recipe["timesteps"], recipe.get("threshold_scale", 0.7), recipe.get("leak", 0.99),
+                        recipe.get("learnable_thresholds", False))
     recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", **recipe}
     _fit(model, recipe, data, seed, progress, checkpoint)
     return model

@@ -1,4 +1,4 @@
-"""Adversarial training (PGD-AT, fast AT, TRADES) for ANNs and SNNs: the examples are adversarial, the recipe is in
+"""Adversarial training (PGD-AT, fast AT, TRADES, Ozdenizci and Legenstein's TRADES with R+FGSM) for ANNs and SNNs: the examples are adversarial, the recipe is in
 the model's cache key, a resumed run equals an uninterrupted one, and PGD-AT buys robustness a paired test sees."""
 import pytest
 import torch
@@ -7,12 +7,12 @@ from torch.utils.data import TensorDataset
 
 from conftest import loader
 from snn_adv import evaluate
-from snn_adv.adversarial_training import AdversarialTraining
+from snn_adv.adversarial_training import TRADES_METHODS, AdversarialTraining
 from snn_adv.attacks import PGD
 from snn_adv.config import ConfigError, load_config
 from snn_adv.configs import config_path
 from snn_adv.distributed import distributed_loader
-from snn_adv.models import build_classifier
+from snn_adv.models import build_classifier, get_thresholds
 from snn_adv.evaluation import compare
 from snn_adv.training import train
 from snn_adv.zoo import ModelZoo
@@ -20,7 +20,7 @@ from snn_adv.zoo import ModelZoo
 EPS = 0.1  # Fashion-MNIST's customary radius
 
 
-@pytest.mark.parametrize("method", ["pgd", "fast", "trades"])
+@pytest.mark.parametrize("method", ["pgd", "fast", "trades", "trades-rfgsm"])
 def test_the_training_examples_are_adversarial_for_the_ann_and_the_snn(trained_pair, method):
     """The objective each method ascends (cross-entropy; TRADES: KL from the clean prediction) is higher at the
     crafted examples than at the clean images and than at random points of the same ball (on the same draw)."""
@@ -41,7 +41,7 @@ def test_the_training_examples_are_adversarial_for_the_ann_and_the_snn(trained_p
             def objective(images):
                 torch.manual_seed(0)  # the clean pass's Poisson draw
                 logits = model(images)
-                if method != "trades":
+                if method not in TRADES_METHODS:
                     return F.cross_entropy(logits, y)
                 return F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1), reduction="batchmean")
 
@@ -55,6 +55,12 @@ def test_the_methods_follow_their_papers_defaults_and_refuse_nonsense():
     assert fast.alpha == pytest.approx(1.25 * 8 / 255) and fast.steps == 1
     trades = AdversarialTraining("trades")
     assert (trades.alpha, trades.steps, trades.beta) == (2 / 255, 10, 6.0)
+    rfgsm = AdversarialTraining("trades-rfgsm", eps=2 / 255)  # Ozdenizci and Legenstein's training radius
+    assert (rfgsm.alpha, rfgsm.steps, rfgsm.beta) == (pytest.approx(1 / 255), 1, 2.0)
+    with pytest.raises(ValueError, match="R\\+FGSM"):
+        AdversarialTraining("trades-rfgsm", steps=3)
+    with pytest.raises(ValueError, match="R\\+FGSM"):
+        AdversarialTraining("trades-rfgsm", eps=0.1, alpha=0.1)
     with pytest.raises(ValueError, match="only TRADES"):
         AdversarialTraining("pgd", beta=1.0)
     with pytest.raises(ValueError, match="unknown key"):
@@ -74,6 +80,26 @@ def test_trades_loss_is_clean_cross_entropy_plus_beta_kl(trained_pair):
     p, q = F.softmax(ann(x), 1), F.softmax(ann(crafted), 1)
     by_hand = F.cross_entropy(ann(x), y, reduction="sum") + 3.0 * (p * (p.log() - q.log())).sum()
     assert torch.allclose(loss, by_hand, rtol=1e-4) and torch.equal(logits, ann(x))
+
+
+def test_trades_rfgsm_crafts_a_random_sign_step_then_one_kl_gradient_sign_step(trained_pair):
+    """Against R+FGSM written out by hand on the deterministic ANN, from the same random stream."""
+    ann = trained_pair.ann.eval()
+    x, y = trained_pair.x[:16], trained_pair.y[:16]
+    recipe = AdversarialTraining("trades-rfgsm", eps=EPS)
+    torch.manual_seed(7)
+    crafted = recipe.craft(ann, x, y)
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (1,)))  # what craft draws for the attack's generator
+    start = (x + EPS / 2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).sign()).clamp(0, 1)
+    start.requires_grad_(True)
+    with torch.no_grad():
+        clean = F.softmax(ann(x), 1)
+    kl = F.kl_div(F.log_softmax(ann(start), 1), clean, reduction="sum")
+    (grad,) = torch.autograd.grad(kl, start)
+    by_hand = torch.min(torch.max(start.detach() + EPS / 2 * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+    torch.testing.assert_close(crafted, by_hand)
+    assert not torch.equal(crafted, start.detach()) and (crafted - x).abs().max() <= EPS + 1e-6
 
 
 def test_the_recipe_is_in_the_model_cache_key_and_checked_at_load(tmp_path):
@@ -146,3 +172,21 @@ def test_a_robust_hybrid_snn_is_converted_from_a_defended_ann_and_finetuned_adve
     kinds = {(kind.__name__, method) for kind, method in crafted_on}
     assert kinds == {("AnnClassifier", "fast"), ("SpikingClassifier", "pgd")}
     assert zoo.recipe("snn_bp")["adversarial"]["eot"] == 2 and zoo.recipe("snn_bp")["from"]["from"]["adversarial"]
+
+
+def test_robust_conversion_finetunes_thresholds_and_weights_adversarially(tmp_path):
+    """Ozdenizci and Legenstein's recipe through the zoo (tiny preset): the SNN-BP's thresholds are trained with its
+    weights under TRADES with R+FGSM, are part of the model's key, and come back trainable from the cache."""
+    recipe = {"learnable_thresholds": True, "adversarial": {"method": "trades-rfgsm", "eps": EPS}}
+    config = load_config(config_path("tiny"), {"models": {"snn_bp": recipe}})
+    zoo = ModelZoo(config, tmp_path, progress=False)
+    assert zoo.key("snn_bp") != ModelZoo(load_config(config_path("tiny"), {"models": {"snn_bp": {
+        "adversarial": recipe["adversarial"]}}}), tmp_path).key("snn_bp")
+    scale = zoo.recipe("snn_bp").get("threshold_scale", 0.7)
+    start = [scale * t for t in get_thresholds(zoo.get("snn_conv").body)]
+    trained = zoo.get("snn_bp")
+    moved = [abs(n.v_threshold - t) / t for n, t in zip(trained.neurons(), start)]
+    assert all(n.learnable_threshold for n in trained.neurons()) and min(moved) > 1e-4, moved
+    cached = ModelZoo(config, tmp_path, progress=False).get("snn_bp")
+    assert [n.v_threshold for n in cached.neurons()] == [n.v_threshold for n in trained.neurons()]
+    assert all(n.learnable_threshold for n in cached.neurons())

@@ -205,6 +205,19 @@ def test_learnable_leaks_round_trip(tmp_path):
     assert _same_outputs(model.eval(), loaded, torch.rand(2, 1, 28, 28))
 
 
+def test_learnable_thresholds_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = hybrid_init(build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=3), 3,
+                        learnable_thresholds=True)
+    with torch.no_grad():
+        for i, node in enumerate(model.neurons()):
+            node.threshold_param.fill_(0.5 + 0.25 * i)  # as training leaves them
+    loaded = checkpoints.load(checkpoints.save(model, tmp_path / "m.pt"))
+    assert all(n.learnable_threshold and n.threshold_param.requires_grad for n in loaded.neurons())
+    assert get_thresholds(loaded.body) == pytest.approx([0.5 + 0.25 * i for i in range(4)])
+    assert _same_outputs(model.eval(), loaded, torch.rand(2, 1, 28, 28))
+
+
 def test_sigkill_while_saving_leaves_a_readable_checkpoint(tmp_path):
     """A process saving checkpoints in a loop is killed at a random moment: the file is always a whole one."""
     path = tmp_path / "m.pt"

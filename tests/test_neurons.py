@@ -148,6 +148,64 @@ def test_learnable_leak_stays_in_range():
     assert float(node.leak) == pytest.approx(LeakyLIFNode.min_leak)
 
 
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("variant", ["default", "atan", "hard-reset"])
+def test_learnable_threshold_gradient_matches_the_hand_loop(step_mode, detach_reset, variant):
+    """dL/dv_th and dL/dx against a hand loop that differentiates a threshold tensor explicitly (through the
+    spike's surrogate and the reset): 'default' is the fused node's closed form, 'atan' its reference backward,
+    'hard-reset' a variant's autograd step loop."""
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(10, 3, 5, generator=g, dtype=torch.float64) * 1.6).requires_grad_(True)
+    weights = torch.randn(10, 3, 5, generator=g, dtype=torch.float64)
+    cls = HardResetLIFNode if variant == "hard-reset" else LeakyLIFNode
+    node = cls(0.8, 0.9, sj_surrogate.ATan() if variant == "atan" else None, detach_reset=detach_reset,
+               step_mode=step_mode, learnable_threshold=True).double()
+    with torch.no_grad():
+        node.threshold_param.fill_(0.9)  # in float64: the parameter is created in float32
+    spikes = _run(node, x)
+    grad_x, grad_threshold = torch.autograd.grad((spikes * weights).sum() + (0.7 * node.v).sum(),
+                                                 [x, node.threshold_param])
+    threshold = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    v, ref_spikes = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        h = 0.8 * v + x[t]
+        s = sj_surrogate.ATan()(h - threshold) if variant == "atan" else _spike(h - threshold, 0.3, 0.9)
+        r = s.detach() if detach_reset else s
+        v = h * (1 - r) if variant == "hard-reset" else h - threshold * r
+        ref_spikes.append(s)
+    ref_spikes = torch.stack(ref_spikes)
+    ref_x, ref_threshold = torch.autograd.grad((ref_spikes * weights).sum() + (0.7 * v).sum(), [x, threshold])
+    assert 0 < spikes.sum() < spikes.numel() and torch.equal(spikes, ref_spikes.detach())
+    assert abs(float(ref_threshold)) > 0.1
+    torch.testing.assert_close(grad_threshold, ref_threshold)
+    torch.testing.assert_close(grad_x, ref_x)
+
+
+def test_learnable_threshold_is_floored_followed_by_the_surrogate_and_frozen_under_attack_rules():
+    node = LeakyLIFNode(0.9, 2.0, learnable_threshold=True)
+    assert node.v_threshold == 2.0 and node.surrogate_function.width == 2.0
+    with torch.no_grad():
+        node.threshold_param.fill_(1.5)  # what an optimiser step does
+    node(torch.rand(4, 3))
+    assert node.surrogate_function.width == 1.5  # the paper's surrogate width follows the trained threshold
+    node.v_threshold = 3.0
+    assert float(node.threshold_param) == 3.0
+    with torch.no_grad():
+        node.threshold_param.fill_(-1.0)
+    node(torch.rand(4, 3))
+    assert float(node.threshold_param) == pytest.approx(LeakyLIFNode.min_threshold)
+    from snn_adv.attacks.gradients import RateGradient
+
+    node.backward_rule = RateGradient().rule_for(node)
+    with pytest.raises(NotImplementedError, match="trainable threshold"):
+        node(torch.rand(4, 3, requires_grad=True))
+    node.threshold_param.requires_grad_(False)  # an attack freezes the parameters: the rule then runs
+    node(torch.rand(4, 3, requires_grad=True)).sum().backward()
+
+
 @pytest.mark.parametrize("detach_reset", [False, True])
 def test_leak_one_is_spikingjelly_if_node(detach_reset):
     x = (torch.rand(16, 3, 8) * 1.4 - 0.2).requires_grad_(True)

@@ -82,10 +82,18 @@ class MultiStepLIF(torch.autograd.Function):
 
         dL/dh[t] = dL/ds[t] * sg[t] + dL/dv[t] * dv[t]/dh[t],   dL/dv[t-1] = dL/dh[t] * dh[t]/dv[t-1]
         dL/dI[t] = dL/dh[t] * dh[t]/dI[t],                      dL/dleak = sum_t dL/dh[t] * dh[t]/dleak
+
+    With a trainable ``threshold`` (the default dynamics only: ``h = leak v + I``, ``v = h - v_th s``, so
+    ``dL/dh[t] = dL/dI[t]`` and ``ds/dv_th = -ds/dh``), from the gradients already computed and the spikes::
+
+        dL/dv_th = sum_t [(1 - s[t]) dL/dv[t] - dL/dh[t]],   dL/dv[t] = leak dL/dh[t+1] (t < T-1), dL/dv[-1] given
+
+    (the surrogate's part ``-sg dL/ds_total = dL/dv (1 - ...) - dL/dh`` plus the reset's ``-s dL/dv``; the same with
+    ``detach_reset``).
     """
 
     @staticmethod
-    def forward(ctx, x_seq, v_init, leak, node: "LeakyLIFNode"):
+    def forward(ctx, x_seq, v_init, leak, threshold, node: "LeakyLIFNode"):
         leak_value, rule = float(leak), node.backward_rule
         sg_fn = node.surrogate_function
         spike_seq, v_last, h_seq = node.run_dynamics(x_seq, v_init, leak_value, store_h=rule is not None)
@@ -111,6 +119,7 @@ class MultiStepLIF(torch.autograd.Function):
         if grad_spike_seq is None:
             grad_spike_seq, references = torch.zeros_like(x_seq), 0
         grad_v = grad_v_last if grad_v_last is not None else torch.zeros_like(x_seq[0])
+        grad_v_last = grad_v  # before the kernel's in-place update: dL/dv[-1] from above, for the threshold's gradient
         if ctx.kernel is not None:
             # the outgoing gradient over the incoming one where nobody else holds it: one [T, ...] buffer less at
             # the peak of BPTT, and no fresh pages to fault in
@@ -121,8 +130,14 @@ class MultiStepLIF(torch.autograd.Function):
                 v_init.to(x_seq.dtype).reshape(-1).contiguous(), grad_v, ctx.leak, node.v_threshold,
                 *ctx.surrogate_args, node.detach_reset, ctx.leak_is_tensor, in_place,
             )
-            return (grad_x_seq.view(x_seq.shape), grad_v.view(x_seq.shape[1:]),
-                    grad_leak if ctx.leak_is_tensor else None, None)
-        grad_x_seq, grad_v, grad_leak = node.differentiate_dynamics(
-            x_seq, v_init, ctx.leak, ctx.rule, sg_seq, grad_spike_seq, grad_v, ctx.leak_is_tensor)
-        return grad_x_seq, grad_v, grad_leak, None
+            grad_x_seq, grad_v = grad_x_seq.view(x_seq.shape), grad_v.view(x_seq.shape[1:])
+            grad_leak = grad_leak if ctx.leak_is_tensor else None
+        else:
+            grad_x_seq, grad_v, grad_leak = node.differentiate_dynamics(
+                x_seq, v_init, ctx.leak, ctx.rule, sg_seq, grad_spike_seq, grad_v, ctx.leak_is_tensor)
+        grad_threshold = None
+        if ctx.needs_input_grad[3]:
+            spike_seq = node.run_dynamics(x_seq, v_init, ctx.leak, store_h=False)[0]
+            grad_v_seq = torch.cat([ctx.leak * grad_x_seq[1:], grad_v_last.to(grad_x_seq.dtype).unsqueeze(0)])
+            grad_threshold = ((1 - spike_seq) * grad_v_seq - grad_x_seq).sum()
+        return grad_x_seq, grad_v, grad_leak, grad_threshold, None

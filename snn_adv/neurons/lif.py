@@ -38,9 +38,14 @@ class LeakyLIFNode(neuron.LIFNode):
     :param backend: ``'torch'`` (fused BPTT, one autograd node over T: on CPU a compiled C++ kernel, see
         :mod:`snn_adv._lif_cpu`; elsewhere a torch loop) or ``'cupy'`` (SpikingJelly's CUDA kernels, multistep).
     :param learnable_leak: make the leak a trainable parameter of this layer, clamped to [``min_leak``, 1].
+    :param learnable_threshold: make the threshold a trainable parameter of this layer (Ozdenizci and Legenstein's
+        robust conversion finetunes thresholds with the weights), floored at ``min_threshold``; its BPTT gradient is
+        the surrogate's: ``dL/dv_th = sum_t [(1 - s[t]) dL/dv[t] - dL/dh[t]]`` (from ``ds/dv_th = -ds/dh`` and the
+        reset's ``-v_th s``), the surrogate's width following the threshold's value.
     """
 
     min_leak = 1e-3
+    min_threshold = 1e-3
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class LeakyLIFNode(neuron.LIFNode):
         backend: str = "torch",
         learnable_leak: bool = False,
         store_v_seq: bool = False,
+        learnable_threshold: bool = False,
     ):
         leak = check_leak(leak)
         v_threshold = check_positive("v_threshold", v_threshold)
@@ -75,6 +81,9 @@ class LeakyLIFNode(neuron.LIFNode):
             self.leak_param = nn.Parameter(torch.tensor(leak))
         else:
             self._leak = leak
+        self.learnable_threshold = False
+        if learnable_threshold:
+            self.make_threshold_learnable()
         #: When set (by :mod:`snn_adv.attacks`' gradient modes), how the multistep spikes are differentiated
         #: instead of surrogate BPTT with ``surrogate_function`` (same spikes, another backward).
         self.backward_rule: Optional[BackwardRule] = None
@@ -82,13 +91,44 @@ class LeakyLIFNode(neuron.LIFNode):
     # ---------------------------------------------------------------- threshold
     @property
     def v_threshold(self) -> float:
+        """The threshold's value (a float also when learnable)."""
+        if getattr(self, "learnable_threshold", False):
+            return float(self.threshold_param.detach())
         return self._v_threshold
 
     @v_threshold.setter
     def v_threshold(self, value: float) -> None:
-        self._v_threshold = float(check_positive("v_threshold", value))
+        value = float(check_positive("v_threshold", value))
+        if getattr(self, "learnable_threshold", False):
+            with torch.no_grad():
+                self.threshold_param.fill_(value)
+        else:
+            self._v_threshold = value
+        self._follow_threshold(value)
+
+    @property
+    def threshold(self) -> Union[float, torch.Tensor]:
+        """The threshold the differentiable dynamics use: the parameter when learnable, else the float."""
+        return self.threshold_param if self.learnable_threshold else self._v_threshold
+
+    def make_threshold_learnable(self) -> None:
+        """Turn this layer's threshold into a trainable parameter holding its current value."""
+        if not self.learnable_threshold:
+            self.threshold_param = nn.Parameter(torch.tensor(self._v_threshold))
+            self.learnable_threshold = True
+
+    def _follow_threshold(self, value: float) -> None:
         if getattr(self, "surrogate_follows_threshold", False) and isinstance(self.surrogate_function, PiecewiseLinear):
-            self.surrogate_function.width = self._v_threshold
+            self.surrogate_function.width = value
+
+    def _sync_learnable_threshold(self) -> None:
+        """Before a forward: floor the trained threshold at ``min_threshold`` (in place only when below it, so that
+        a graph holding it stays valid) and let the default surrogate's width follow its value."""
+        if self.learnable_threshold:
+            if float(self.threshold_param.detach()) < self.min_threshold:
+                with torch.no_grad():
+                    self.threshold_param.clamp_(min=self.min_threshold)
+            self._follow_threshold(self.v_threshold)
 
     # ---------------------------------------------------------------- leak
     @property
@@ -110,7 +150,7 @@ class LeakyLIFNode(neuron.LIFNode):
 
     def settings(self) -> Dict[str, Any]:
         """This neuron's constructor keywords beyond ``leak``, ``v_threshold``, ``backend``, ``step_mode`` and
-        ``learnable_leak`` (kept per layer elsewhere), as JSON, with its :data:`NEURONS` name: what a checkpoint records to rebuild it
+        ``learnable_leak`` / ``learnable_threshold`` (kept per layer elsewhere), as JSON, with its :data:`NEURONS` name: what a checkpoint records to rebuild it
         (:func:`build_neuron`). A variant with more keywords extends it (:class:`HardResetLIFNode`)."""
         return {"name": neuron_name(type(self)), "detach_reset": bool(self.detach_reset),
                 "surrogate": None if self.surrogate_follows_threshold else surrogate_spec(self.surrogate_function)}
@@ -118,7 +158,8 @@ class LeakyLIFNode(neuron.LIFNode):
     def extra_repr(self) -> str:
         return (
             f"leak={float(self.leak):.4g}, v_threshold={self.v_threshold}, detach_reset={self.detach_reset}, "
-            f"step_mode={self.step_mode}, backend={self.backend}, learnable_leak={self.learnable_leak}"
+            f"step_mode={self.step_mode}, backend={self.backend}, learnable_leak={self.learnable_leak}, "
+            f"learnable_threshold={self.learnable_threshold}"
         )
 
     # ---------------------------------------------------------------- dynamics (written once)
@@ -132,7 +173,7 @@ class LeakyLIFNode(neuron.LIFNode):
 
     def reset_after_spike(self, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
         """Membrane after the step: soft reset ``v[t] = h[t] - v_th * s[t]``."""
-        return h - self.v_threshold * spike
+        return h - self.threshold * spike
 
     @classmethod
     def overrides_step_hooks(cls) -> bool:
@@ -215,7 +256,7 @@ class LeakyLIFNode(neuron.LIFNode):
         self.v = self.reset_after_spike(self.v, spike.detach() if self.detach_reset else spike)
 
     def neuronal_fire(self) -> torch.Tensor:
-        return self.surrogate_function(self.v - self.v_threshold)
+        return self.surrogate_function(self.v - self.threshold)
 
     def v_float_to_tensor(self, x: torch.Tensor) -> None:
         if isinstance(self.v, float):
@@ -224,6 +265,7 @@ class LeakyLIFNode(neuron.LIFNode):
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         # SpikingJelly's contract, written out (its LIFNode's eval path is a hard step with no gradient; 2.x's
         # BaseNode runs a fused forward that skips the hooks): charge, fire with the surrogate, reset
+        self._sync_learnable_threshold()
         self.v_float_to_tensor(x)
         self.neuronal_charge(x)
         spike = self.neuronal_fire()
@@ -243,11 +285,19 @@ class LeakyLIFNode(neuron.LIFNode):
         return torch.stack(spikes)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        self._sync_learnable_threshold()
         self.v_float_to_tensor(x_seq[0])
+        threshold_grad = self.learnable_threshold and self.threshold_param.requires_grad
         needs_grad = torch.is_grad_enabled() and (
             x_seq.requires_grad or (isinstance(self.v, torch.Tensor) and self.v.requires_grad) or self.learnable_leak
+            or threshold_grad
         )
         under_rule = needs_grad and self.backward_rule is not None  # a rule needs the fused autograd node below
+        if under_rule and threshold_grad:
+            raise NotImplementedError("a trainable threshold is trained by BPTT; a gradient mode's backward rule "
+                                      "(an attack's) runs on frozen parameters")
+        if needs_grad and threshold_grad and not self.has_default_dynamics():
+            return self.step_loop(x_seq)  # autograd through the variant's own charge/reset differentiates it
         if under_rule and self.overrides_step_hooks():
             raise NotImplementedError(
                 f"{type(self).__name__} overrides SpikingJelly's step hooks ({', '.join(STEP_HOOKS)}): a gradient "
@@ -261,7 +311,8 @@ class LeakyLIFNode(neuron.LIFNode):
             self.v = v_seq[-1].clone()
             return spike_seq
         if needs_grad:
-            spike_seq, self.v = MultiStepLIF.apply(x_seq, self.v, self.leak, self)
+            spike_seq, self.v = MultiStepLIF.apply(x_seq, self.v, self.leak,
+                                                   self.threshold_param if threshold_grad else None, self)
         else:  # inference: no autograd state, nothing stored
             spike_seq, self.v, _ = self.run_dynamics(x_seq, self.v, float(self.leak), store_h=False)
         return spike_seq
@@ -270,8 +321,9 @@ class LeakyLIFNode(neuron.LIFNode):
         """SpikingJelly's CuPy kernels: the IF kernel at leak 1, else the LIF kernel with ``decay = 1 - leak``."""
         if not cupy_available():
             raise RuntimeError("backend='cupy' needs CuPy and a CUDA device; use backend='torch' here")
-        if self.learnable_leak:
-            raise NotImplementedError("learnable_leak runs on backend='torch'; the CuPy LIF kernel takes a fixed leak")
+        if self.learnable_leak or self.learnable_threshold:
+            raise NotImplementedError("learnable_leak and learnable_threshold run on backend='torch'; the CuPy LIF "
+                                      "kernels take a fixed leak and threshold")
         if not self.has_default_dynamics():
             raise NotImplementedError(f"{type(self).__name__} runs on backend='torch'; the CuPy kernels compute LeakyLIFNode's dynamics")
         if not x_seq.is_cuda:
