@@ -50,6 +50,10 @@ def test_defences_preset_defends_the_protocols_plain_models():
     assert defences["data"] == plain["data"] and defences["seed"] == plain["seed"]
     assert {kind: recipe["adversarial"]["method"] for kind, recipe in defences["models"]["defences"]["AT"].items()} \
         == {"ann": "pgd", "snn_bp": "pgd"}
+    robust_conversion = defences["models"]["defences"]["RC"]
+    assert robust_conversion["ann"] == defences["models"]["defences"]["AT"]["ann"]  # the same AT ANN, reused
+    assert robust_conversion["snn_bp"]["learnable_thresholds"] and \
+        robust_conversion["snn_bp"]["adversarial"]["method"] == "trades-rfgsm"
     section = defences["studies"]["protocol"]
     assert section["defences"] == [None, "AT"] and section["kinds"] == ["ann", "snn_bp"]
     assert section["reference"]["steps"] == 10 and "eot" not in section["reference"]
