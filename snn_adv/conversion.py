@@ -218,7 +218,8 @@ def hybrid_init(
         nodes = hybrid.neurons()
         if not all(isinstance(node, LeakyLIFNode) for node in nodes):
             raise TypeError("learnable_thresholds needs snn_adv's LeakyLIFNode (or a subclass) in every spiking layer")
+        weight = next(hybrid.parameters(), None)
         for node in nodes:
-            node.make_threshold_learnable()
+            node.make_threshold_learnable(like=weight)  # on the network's device, in its dtype
     hybrid.arch.setdefault("hybrid", {}).update(threshold_scale=threshold_scale, leak=leak, timesteps=timesteps)
     return hybrid

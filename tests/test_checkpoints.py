@@ -209,12 +209,14 @@ def test_learnable_thresholds_round_trip(tmp_path):
     torch.manual_seed(0)
     model = hybrid_init(build_classifier("vgg-tiny", "fashion-mnist-bundled", kind="snn", timesteps=3), 3,
                         learnable_thresholds=True)
+    trained = [-0.01, 0.75, 1.0, 1.25]  # as training may leave them: the first below the floor
     with torch.no_grad():
-        for i, node in enumerate(model.neurons()):
-            node.threshold_param.fill_(0.5 + 0.25 * i)  # as training leaves them
+        for node, value in zip(model.neurons(), trained):
+            node.threshold_param.fill_(value)
     loaded = checkpoints.load(checkpoints.save(model, tmp_path / "m.pt"))
     assert all(n.learnable_threshold and n.threshold_param.requires_grad for n in loaded.neurons())
-    assert get_thresholds(loaded.body) == pytest.approx([0.5 + 0.25 * i for i in range(4)])
+    assert [float(n.threshold_param) for n in loaded.neurons()] == pytest.approx(trained)
+    assert get_thresholds(loaded.body) == pytest.approx([LeakyLIFNode.min_threshold] + trained[1:])
     assert _same_outputs(model.eval(), loaded, torch.rand(2, 1, 28, 28))
 
 

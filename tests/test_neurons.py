@@ -184,26 +184,35 @@ def test_learnable_threshold_gradient_matches_the_hand_loop(step_mode, detach_re
     torch.testing.assert_close(grad_x, ref_x)
 
 
-def test_learnable_threshold_is_floored_followed_by_the_surrogate_and_frozen_under_attack_rules():
+def test_learnable_threshold_is_floored_followed_by_its_surrogate_and_frozen_under_attack_rules():
+    from snn_adv.attacks.gradients import RateGradient, gradient_mode
+
     node = LeakyLIFNode(0.9, 2.0, learnable_threshold=True)
     assert node.v_threshold == 2.0 and node.surrogate_function.width == 2.0
     with torch.no_grad():
         node.threshold_param.fill_(1.5)  # what an optimiser step does
-    node(torch.rand(4, 3))
+    _run(node, torch.rand(4, 3))
     assert node.surrogate_function.width == 1.5  # the paper's surrogate width follows the trained threshold
     node.v_threshold = 3.0
     assert float(node.threshold_param) == 3.0
+    attacker = PiecewiseLinear(1.0, 0.5)
+    with gradient_mode(torch.nn.Sequential(node), "bptt", attacker):
+        _run(node, torch.rand(4, 3, requires_grad=True)).sum().backward()
+    assert attacker.width == 0.5 and node.surrogate_function.width == 3.0  # an attacker's surrogate is its own
     with torch.no_grad():
-        node.threshold_param.fill_(-1.0)
-    node(torch.rand(4, 3))
-    assert float(node.threshold_param) == pytest.approx(LeakyLIFNode.min_threshold)
-    from snn_adv.attacks.gradients import RateGradient
-
+        node.threshold_param.fill_(-1.0)  # below the floor: floored out of place, the parameter left as trained
+    node.threshold_param.grad = None
+    x = torch.rand(4, 3) * 0.002
+    spikes = _run(node, x)
+    assert node.v_threshold == LeakyLIFNode.min_threshold and float(node.threshold_param) == -1.0
+    assert torch.equal(spikes, _run(LeakyLIFNode(0.9, LeakyLIFNode.min_threshold), x))
+    spikes.sum().backward()
+    assert float(node.threshold_param.grad.detach()) == 0.0
     node.backward_rule = RateGradient().rule_for(node)
     with pytest.raises(NotImplementedError, match="trainable threshold"):
-        node(torch.rand(4, 3, requires_grad=True))
+        _run(node, torch.rand(4, 3, requires_grad=True))
     node.threshold_param.requires_grad_(False)  # an attack freezes the parameters: the rule then runs
-    node(torch.rand(4, 3, requires_grad=True)).sum().backward()
+    _run(node, torch.rand(4, 3, requires_grad=True)).sum().backward()
 
 
 @pytest.mark.parametrize("detach_reset", [False, True])

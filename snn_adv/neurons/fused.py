@@ -108,6 +108,7 @@ class MultiStepLIF(torch.autograd.Function):
         ctx.recompute, ctx.input_shape = (None, None) if recipe is None else (recipe.recompute, x_seq.shape)
         ctx.save_for_backward(v_init, sg_seq, *((x_seq,) if recipe is None else recipe.tensors))
         ctx.leak, ctx.leak_is_tensor, ctx.node, ctx.rule = leak_value, isinstance(leak, torch.Tensor), node, rule
+        ctx.threshold_dtype = None if threshold is None else threshold.dtype
         return spike_seq, v_last
 
     @staticmethod
@@ -136,8 +137,14 @@ class MultiStepLIF(torch.autograd.Function):
             grad_x_seq, grad_v, grad_leak = node.differentiate_dynamics(
                 x_seq, v_init, ctx.leak, ctx.rule, sg_seq, grad_spike_seq, grad_v, ctx.leak_is_tensor)
         grad_threshold = None
-        if ctx.needs_input_grad[3]:
-            spike_seq = node.run_dynamics(x_seq, v_init, ctx.leak, store_h=False)[0]
-            grad_v_seq = torch.cat([ctx.leak * grad_x_seq[1:], grad_v_last.to(grad_x_seq.dtype).unsqueeze(0)])
-            grad_threshold = ((1 - spike_seq) * grad_v_seq - grad_x_seq).sum()
+        if ctx.needs_input_grad[3]:  # the spikes again (one more forward), then dot products: no [T, ...] temporaries
+            silent = node.run_dynamics(x_seq, v_init, ctx.leak, store_h=False)[0].neg_().add_(1)  # 1 - s
+            accumulate = torch.float64 if x_seq.dtype == torch.float64 else torch.float32  # not in bfloat16
+
+            def flat(tensor: torch.Tensor) -> torch.Tensor:
+                return tensor.reshape(-1).to(accumulate)
+
+            grad_threshold = (ctx.leak * torch.dot(flat(silent[:-1]), flat(grad_x_seq[1:]))
+                              + torch.dot(flat(silent[-1]), flat(grad_v_last)) - grad_x_seq.sum(dtype=accumulate))
+            grad_threshold = grad_threshold.to(ctx.threshold_dtype)
         return grad_x_seq, grad_v, grad_leak, grad_threshold, None

@@ -76,6 +76,7 @@ class LeakyLIFNode(neuron.LIFNode):
         #: The default surrogate's width follows ``v_threshold`` (set at conversion, scaled by SNN-BP), which makes
         #: it exactly the paper's ``ds/du = gamma*max(0, 1-|u/v_th-1|)/v_th``; False for a user-given surrogate.
         self.surrogate_follows_threshold = surrogate_function is None
+        object.__setattr__(self, "_own_surrogate", self.surrogate_function)  # not a second registered submodule
         self.learnable_leak = learnable_leak
         if learnable_leak:
             self.leak_param = nn.Parameter(torch.tensor(leak))
@@ -91,9 +92,9 @@ class LeakyLIFNode(neuron.LIFNode):
     # ---------------------------------------------------------------- threshold
     @property
     def v_threshold(self) -> float:
-        """The threshold's value (a float also when learnable)."""
+        """The threshold's value (a float also when learnable: the parameter floored at ``min_threshold``)."""
         if getattr(self, "learnable_threshold", False):
-            return float(self.threshold_param.detach())
+            return max(float(self.threshold_param.detach()), self.min_threshold)
         return self._v_threshold
 
     @v_threshold.setter
@@ -108,27 +109,24 @@ class LeakyLIFNode(neuron.LIFNode):
 
     @property
     def threshold(self) -> Union[float, torch.Tensor]:
-        """The threshold the differentiable dynamics use: the parameter when learnable, else the float."""
-        return self.threshold_param if self.learnable_threshold else self._v_threshold
+        """The threshold the differentiable dynamics use: when learnable, the parameter floored out of place (a
+        trained value below the floor stays in the parameter and its gradient is 0), else the float."""
+        return self.threshold_param.clamp(min=self.min_threshold) if self.learnable_threshold else self._v_threshold
 
-    def make_threshold_learnable(self) -> None:
-        """Turn this layer's threshold into a trainable parameter holding its current value."""
+    def make_threshold_learnable(self, like: Optional[torch.Tensor] = None) -> None:
+        """Turn this layer's threshold into a trainable parameter holding its current value, with the device and
+        dtype of ``like`` (e.g. a weight of the network) when given."""
         if not self.learnable_threshold:
-            self.threshold_param = nn.Parameter(torch.tensor(self._v_threshold))
+            value = torch.tensor(self._v_threshold)
+            self.threshold_param = nn.Parameter(value if like is None else value.to(like))
             self.learnable_threshold = True
 
     def _follow_threshold(self, value: float) -> None:
-        if getattr(self, "surrogate_follows_threshold", False) and isinstance(self.surrogate_function, PiecewiseLinear):
+        """The default surrogate's width follows the threshold; an attacker's surrogate installed in its place
+        (:class:`~snn_adv.attacks.gradients.BPTT`) is left as given."""
+        if (getattr(self, "surrogate_follows_threshold", False)
+                and self.surrogate_function is self.__dict__.get("_own_surrogate")):
             self.surrogate_function.width = value
-
-    def _sync_learnable_threshold(self) -> None:
-        """Before a forward: floor the trained threshold at ``min_threshold`` (in place only when below it, so that
-        a graph holding it stays valid) and let the default surrogate's width follow its value."""
-        if self.learnable_threshold:
-            if float(self.threshold_param.detach()) < self.min_threshold:
-                with torch.no_grad():
-                    self.threshold_param.clamp_(min=self.min_threshold)
-            self._follow_threshold(self.v_threshold)
 
     # ---------------------------------------------------------------- leak
     @property
@@ -192,12 +190,13 @@ class LeakyLIFNode(neuron.LIFNode):
     def run_dynamics(self, x_seq: torch.Tensor, v: torch.Tensor, leak: float, store_h: bool, store_v: bool = False):
         """The forward over T without autograd: (spikes, v[T-1], h [T, ...] if ``store_h``); with ``store_v`` the
         third item is instead ``v[t-1]`` for every step (the membranes the backward starts each step from)."""
+        threshold = self.v_threshold  # once (a trained threshold's value is a device read)
         with torch.no_grad():
             kernel = cpu_kernel(x_seq) if self.has_default_dynamics() and not store_v else None
             if kernel is not None:
                 v_flat = v.to(x_seq.dtype).reshape(-1).clone()  # the kernel updates it in place to v[T-1]
                 spike_seq, h_seq = kernel.lif_forward(x_seq.contiguous().view(x_seq.shape[0], -1), v_flat, leak,
-                                                      self.v_threshold, store_h)
+                                                      threshold, store_h)
                 return spike_seq.view(x_seq.shape), v_flat.view(x_seq.shape[1:]), h_seq.view(x_seq.shape) if store_h else None
             spike_seq = torch.empty_like(x_seq)
             stored = torch.empty_like(x_seq) if store_h or store_v else None
@@ -208,7 +207,7 @@ class LeakyLIFNode(neuron.LIFNode):
                 h = self.charge(v, x_seq[t], leak)
                 if store_h:
                     stored[t] = h
-                spike_seq[t] = h >= self.v_threshold
+                spike_seq[t] = h >= threshold
                 v = self.reset_after_spike(h, spike_seq[t])
         return spike_seq, v, stored
 
@@ -221,13 +220,14 @@ class LeakyLIFNode(neuron.LIFNode):
         temporal = rule is None or rule.temporal
         _, _, v_prev_seq = self.run_dynamics(x_seq, v_init, leak, store_h=False, store_v=True)
         leak_var = torch.tensor(leak, dtype=x_seq.dtype, device=x_seq.device, requires_grad=True) if leak_grad else leak
+        threshold = self.v_threshold
 
         def step(x, v_prev, sg, grad_s, grad_v_next):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 h = self.charge(v_prev, x, leak_var)
-                spike = (self.surrogate_function(h - self.v_threshold) if sg is None
-                         else spike_with_derivative(h, self.v_threshold, sg))
+                spike = (self.surrogate_function(h - threshold) if sg is None
+                         else spike_with_derivative(h, threshold, sg))
                 v = self.reset_after_spike(h, spike.detach() if self.detach_reset else spike)
                 inputs = [x] + ([v_prev] if v_prev.requires_grad else []) + ([leak_var] if leak_grad else [])
                 grads = torch.autograd.grad([spike, v], inputs, [grad_s, grad_v_next], allow_unused=True)
@@ -265,7 +265,7 @@ class LeakyLIFNode(neuron.LIFNode):
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         # SpikingJelly's contract, written out (its LIFNode's eval path is a hard step with no gradient; 2.x's
         # BaseNode runs a fused forward that skips the hooks): charge, fire with the surrogate, reset
-        self._sync_learnable_threshold()
+        self._follow_learnable_threshold()
         self.v_float_to_tensor(x)
         self.neuronal_charge(x)
         spike = self.neuronal_fire()
@@ -284,8 +284,13 @@ class LeakyLIFNode(neuron.LIFNode):
             self.v_seq = torch.stack(v_seq)
         return torch.stack(spikes)
 
+    def _follow_learnable_threshold(self) -> None:
+        """Before a forward: the default surrogate's width follows the trained threshold's value."""
+        if self.learnable_threshold:
+            self._follow_threshold(self.v_threshold)
+
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self._sync_learnable_threshold()
+        self._follow_learnable_threshold()
         self.v_float_to_tensor(x_seq[0])
         threshold_grad = self.learnable_threshold and self.threshold_param.requires_grad
         needs_grad = torch.is_grad_enabled() and (
@@ -306,13 +311,13 @@ class LeakyLIFNode(neuron.LIFNode):
             # SpikingJelly's reference loop (single_step_forward per step, through the step hooks; records v[t]
             # under store_v_seq for inspection); slower, differentiated by autograd.
             return self.step_loop(x_seq)
-        if self.backend == "cupy" and not under_rule:
+        if self.backend == "cupy" and not under_rule and not (needs_grad and threshold_grad):  # trained: torch path
             spike_seq, v_seq = self._cupy_forward(x_seq)
             self.v = v_seq[-1].clone()
             return spike_seq
         if needs_grad:
             spike_seq, self.v = MultiStepLIF.apply(x_seq, self.v, self.leak,
-                                                   self.threshold_param if threshold_grad else None, self)
+                                                   self.threshold if threshold_grad else None, self)
         else:  # inference: no autograd state, nothing stored
             spike_seq, self.v, _ = self.run_dynamics(x_seq, self.v, float(self.leak), store_h=False)
         return spike_seq
@@ -321,9 +326,8 @@ class LeakyLIFNode(neuron.LIFNode):
         """SpikingJelly's CuPy kernels: the IF kernel at leak 1, else the LIF kernel with ``decay = 1 - leak``."""
         if not cupy_available():
             raise RuntimeError("backend='cupy' needs CuPy and a CUDA device; use backend='torch' here")
-        if self.learnable_leak or self.learnable_threshold:
-            raise NotImplementedError("learnable_leak and learnable_threshold run on backend='torch'; the CuPy LIF "
-                                      "kernels take a fixed leak and threshold")
+        if self.learnable_leak:
+            raise NotImplementedError("learnable_leak runs on backend='torch'; the CuPy LIF kernel takes a fixed leak")
         if not self.has_default_dynamics():
             raise NotImplementedError(f"{type(self).__name__} runs on backend='torch'; the CuPy kernels compute LeakyLIFNode's dynamics")
         if not x_seq.is_cuda:
