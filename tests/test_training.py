@@ -164,3 +164,23 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_keeps_float32_weights_an
     dtypes.clear()
     test = loader(fmnist.test_x[:200], fmnist.test_y[:200], 200)
     assert evaluate_clean(model, test)["accuracy"] > 0.6 and dtypes == [torch.float32]  # evaluation in float32
+
+
+def test_bfloat16_training_of_an_snn_gives_its_float32_gradient_within_bfloat16_precision(trained_pair):
+    """The SNN's layers keep a compact input for their backward (models/spiking.py), outside autocast's casts:
+    their gradients must still come back in the parameters' dtype and agree with the float32 ones."""
+    snn, x, y = trained_pair.snn, trained_pair.x[:32], trained_pair.y[:32]
+    snn.train()
+    gradients = {}
+    for precision in ("float32", "bfloat16"):
+        snn.zero_grad()
+        torch.manual_seed(0)  # the same Poisson draw
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            torch.nn.functional.cross_entropy(snn(x), y).backward()
+        gradients[precision] = {name: p.grad.clone() for name, p in snn.named_parameters() if p.grad is not None}
+    assert gradients["float32"].keys() == gradients["bfloat16"].keys() and gradients["float32"]
+    for name, reference in gradients["float32"].items():
+        low = gradients["bfloat16"][name]
+        assert low.dtype == torch.float32, name
+        cosine = torch.nn.functional.cosine_similarity(low.flatten(), reference.flatten(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))

@@ -125,19 +125,24 @@ class _SavingCompactInput(torch.autograd.Function):
         weight, packed = ctx.saved_tensors
         shape, dtype = ctx.input_meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        x = unpack_spikes(packed, ctx.scale, dtype) if packed is not None else None
+        # in the forward's arithmetic (bfloat16 under autocast, whose casts a custom backward does not replay),
+        # each gradient returned in its input's dtype
+        compute = grad_out.dtype
+        x = unpack_spikes(packed, ctx.scale, compute) if packed is not None else None
+        weight_c = weight.to(compute)
         if ctx.conv_args is None:  # linear on [..., in]: the matmuls of torch's own backward
             grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-            grad_x = grad_2d.mm(weight).view(shape) if need_x else None
+            grad_x = grad_2d.mm(weight_c).view(shape) if need_x else None
             grad_w = grad_2d.t().mm(x.reshape(-1, shape[-1])) if need_w else None
             grad_b = grad_2d.sum(0) if need_b else None
-            return grad_x, grad_w, grad_b, None, None, None
-        stride, padding, dilation, groups = ctx.conv_args
-        x_or_shape = x if x is not None else grad_out.new_empty(1).expand(shape)  # sizes only without need_w
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x_or_shape, weight, ctx.bias_sizes, _pair(stride), _pair(padding), _pair(dilation), False,
-            [0, 0], groups, [need_x, need_w, need_b])
-        return grad_x, grad_w, grad_b, None, None, None
+        else:
+            stride, padding, dilation, groups = ctx.conv_args
+            x_or_shape = x if x is not None else grad_out.new_empty(1).expand(shape)  # sizes only without need_w
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_out, x_or_shape, weight_c, ctx.bias_sizes, _pair(stride), _pair(padding), _pair(dilation), False,
+                [0, 0], groups, [need_x, need_w, need_b])
+        return (None if grad_x is None else grad_x.to(dtype), None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(weight.dtype), None, None, None)
 
 
 def _saving_compact_input(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
