@@ -110,6 +110,10 @@ def test_the_section_is_checked_at_load():
         load_config(config_path("tiny"), {"studies": {"protocol": {"version": "snn-v0"}}})
     with pytest.raises(ConfigError, match="studies.protocol.eps"):
         load_config(config_path("tiny"), {"studies": {"protocol": {"eps": 0}}})
+    reference = {"name": "pgd", "eps": 0.1, "alpha": 0.025, "steps": 10}
+    with pytest.raises(ConfigError, match="studies.protocol.reference.eps.*one radius"):  # the default eps is 8/255
+        load_config(config_path("tiny"), {"studies": {"protocol": {"reference": reference}}})
+    load_config(config_path("tiny"), {"studies": {"protocol": {"eps": 0.1, "reference": reference}}})
 
 
 def test_defended_targets_meet_the_same_battery_and_the_reference_gap_is_paired(tmp_path):

@@ -39,14 +39,25 @@ from .robustness import on_common_images
 
 __all__ = ["CONFIG", "DEFAULTS", "run", "sources_of", "target_label"]
 
+#: the section's defaults: the issue's threat model (Linf 8/255), the first battery, K = 8 fresh draws
+DEFAULTS = {"eps": 8 / 255, "version": "snn-v1", "fresh_draws": 8, "sources": ["ann"]}
+
+
+def _reference_at_the_protocols_radius(section: Mapping[str, Any], path: str, problems: List[str]) -> None:
+    """The gap reference - protocol compares two attacks at one radius: a reference at another eps is refused."""
+    reference, eps = section.get("reference"), section.get("eps", DEFAULTS["eps"])
+    if isinstance(reference, dict) and isinstance(reference.get("eps"), (int, float)) and \
+            isinstance(eps, (int, float)) and abs(reference["eps"] - eps) > 1e-12:
+        problems.append(f"config key '{path}.reference.eps' = {reference['eps']!r} differs from the protocol's eps "
+                        f"{eps!r}: the gap reference - protocol compares two attacks at one radius")
+
+
 #: the study's config section (``studies.protocol``); battery versions are read when a config is checked
 CONFIG = Section({**TEST_COUNT, "kinds": KIND_LIST, "sources": ListOf(KIND, unique=True, min_items=0),
                   "test_counts": TEST_COUNTS, "eps": Value("number", minimum=1e-9, maximum=1),
                   "version": Value("str", choices=lambda: sorted(VERSIONS)), "fresh_draws": POSITIVE_INT,
-                  "defences": ListOf(Value("str", nullable=True), unique=True), "reference": ATTACK})
-
-#: the section's defaults: the issue's threat model (Linf 8/255), the first battery, K = 8 fresh draws
-DEFAULTS = {"eps": 8 / 255, "version": "snn-v1", "fresh_draws": 8, "sources": ["ann"]}
+                  "defences": ListOf(Value("str", nullable=True), unique=True), "reference": ATTACK},
+                 extra=_reference_at_the_protocols_radius)
 
 Target = Tuple[str, Optional[str]]  # (kind, defence)
 
