@@ -154,3 +154,21 @@ def test_defended_targets_meet_the_same_battery_and_the_reference_gap_is_paired(
     assert ("robust accuracy", "SNN-BP (AT)", "ANN (AT)") in comparisons
     assert ("robust accuracy", "ANN (AT)", "ANN") in comparisons
     assert ("robust accuracy", "SNN-BP (AT)", "SNN-BP") in comparisons
+
+
+def test_a_cached_snn_without_its_parents_checkpoints_is_evaluated_with_no_training_time(tmp_path):
+    """A model cache may hold an SNN-BP without the SNN-conv it came from (copied alone, or the parent deleted):
+    the zoo loads it, and the study's cell reports its training time as unknown instead of failing after the
+    attacks."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(VERSIONS, "test", TEST_BATTERY)
+        patch.setitem(LARGE_EPS, "steps", 8)
+        config = load_config(config_path("tiny"), {"studies": {"protocol": {
+            "version": "test", "eps": 0.02, "fresh_draws": 2, "kinds": ["snn_bp"], "sources": [], "test_count": 4}}})
+        zoo = ModelZoo(config, tmp_path / "models", progress=False)
+        zoo.get("snn_bp")
+        zoo.path("snn_conv").unlink()
+        run_study("protocol", config, tmp_path, zoo=ModelZoo(config, tmp_path / "models", progress=False),
+                  progress=False)
+    [row] = _json(tmp_path / "protocol" / "table.json")["rows"]
+    assert row["model"] == "SNN-BP" and row["training_seconds"] is None and row["n_images"] == 4

@@ -87,10 +87,12 @@ def sources_of(ctx: StudyContext, kind: str, defence: Optional[str] = None) -> D
 
 def _training_seconds(ctx: StudyContext, kind: str, defence: Optional[str]) -> Optional[float]:
     """Wall time of the target's whole training chain (ANN, conversion, BPTT), as its checkpoints recorded it;
-    None where a checkpoint predates the record."""
+    None where a checkpoint predates the record or is not in the cache (a cached SNN-BP needs no parents)."""
     chain = {"ann": ["ann"], "snn_conv": ["ann", "snn_conv"], "snn_bp": ["ann", "snn_conv", "snn_bp"]}[kind]
-    seconds = [checkpoints.read_header(ctx.zoo.path(k, "main", defence))["metadata"].get("training_seconds")
-               for k in chain]
+    paths = [ctx.zoo.path(k, "main", defence) for k in chain]
+    if not all(path.is_file() for path in paths):
+        return None
+    seconds = [checkpoints.read_header(path)["metadata"].get("training_seconds") for path in paths]
     return None if None in seconds else round(sum(seconds), 1)
 
 
@@ -112,7 +114,9 @@ def run(ctx: StudyContext) -> str:
         kind, defence = cell["kind"], cell.get("defence")
         images, labels = (t[:cell["count"]] for t in ctx.data)
         sources = {name: zoo.get(*which) for name, which in _sources(ctx, kind, defence).items()}
-        report = robust_accuracy(zoo.get(kind, defence=defence), (images, labels), cell["eps"],
+        model = zoo.get(kind, defence=defence)
+        seconds = _training_seconds(ctx, kind, defence)  # before the hours of attacks, not after
+        report = robust_accuracy(model, (images, labels), cell["eps"],
                                  version=cell["version"], sources=sources, seed=ctx.config["seed"],
                                  scoring_seeds=ctx.eval_seeds, fresh_draws=cell["fresh_draws"],
                                  batch_size=ctx.batch_size, out=ctx.out / _folder(kind, defence),
@@ -120,8 +124,7 @@ def run(ctx: StudyContext) -> str:
         results = {"robust": report.result.to_dict()}
         if report.every_draw is not None:
             results["every_draw"] = report.every_draw.to_dict()
-        return {"report": report.to_dict(), "results": results,
-                "training_seconds": _training_seconds(ctx, kind, defence)}
+        return {"report": report.to_dict(), "results": results, "training_seconds": seconds}
 
     records = ctx.run(cells, compute)
     reference = section.get("reference")
