@@ -139,7 +139,10 @@ def train(
     :param on_epoch_start: called with each epoch's number (from 1) before it runs, resumed or not (e.g. a
         sampler's ``set_epoch``).
     :param precision: ``'float32'``, or ``'bfloat16'`` for the forward under :func:`torch.autocast` (mixed
-        precision; see :data:`PRECISIONS`). Evaluation is unaffected: a trained model runs in float32.
+        precision; see :data:`PRECISIONS`), the adversarial examples' crafting included (their forwards and
+        backwards are most of an adversarial epoch's arithmetic; the examples themselves stay float32, as mixed
+        precision adversarial training does, Wong et al. 2020). Evaluation is unaffected: a trained model runs in
+        float32.
     :param adversarial: adversarial training (:class:`~snn_adv.adversarial_training.AdversarialTraining` or a mapping
         of its fields: ``method`` ``'pgd'`` (Madry), ``'fast'`` (FGSM with a random start, Wong et al.) or
         ``'trades'`` or ``'trades-rfgsm'`` (Ozdenizci and Legenstein's), ``eps``, ``alpha``, ``steps``, ``beta``, ``eot``, ``grad_mode``): each batch is crafted on the
@@ -192,8 +195,8 @@ def train(
             size = micro_batch or len(labels)
             for piece in range(0, len(labels), size):
                 x, y = images[piece : piece + size], labels[piece : piece + size]
-                crafted = None if recipe is None else recipe.craft(crafting, x, y)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    crafted = None if recipe is None else recipe.craft(crafting, x, y)  # the attack's forwards too
                     if recipe is None:
                         logits = model(x)
                         loss = F.cross_entropy(logits, y, reduction="sum")

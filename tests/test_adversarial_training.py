@@ -140,6 +140,31 @@ def test_a_killed_adversarial_training_resumes_to_the_same_weights(fmnist, tmp_p
               epochs=3, seed=1, progress=False, checkpoint=state, adversarial={**recipe, "eps": 0.05})
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mixed_precision_crafts_the_adversarial_examples_under_autocast_too(fmnist, precision):
+    """Under ``precision='bfloat16'`` the attack's forwards (the model in eval mode) run under autocast like the
+    training forward; under float32 none does; the examples stay float32 either way."""
+    torch.manual_seed(0)
+    model = build_classifier("vgg-tiny", "fashion-mnist-bundled")
+    seen = []  # (training mode, autocast on) of every forward
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_autocast_enabled("cpu"))))
+    crafted = []
+    recipe = AdversarialTraining("pgd", eps=EPS, steps=2)
+    original = AdversarialTraining.craft
+
+    def spy(self, *args):
+        crafted.append(original(self, *args))
+        return crafted[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AdversarialTraining, "craft", spy)
+        train(model, loader(fmnist.train_x[:32], fmnist.train_y[:32], 32), epochs=1, seed=1, progress=False, precision=precision, adversarial=recipe)
+    attack_forwards = {autocast for training, autocast in seen if not training}
+    assert len([s for s in seen if not s[0]]) >= 2 and attack_forwards == {precision == "bfloat16"}
+    assert {autocast for training, autocast in seen if training} == {precision == "bfloat16"}
+    assert crafted and all(x.dtype == torch.float32 for x in crafted)
+
+
 def test_pgd_at_keeps_significantly_more_under_pgd_than_its_plain_twin(fmnist):
     models = {}
     for name, adversarial in (("plain", None), ("pgd-at", {"method": "pgd", "eps": EPS, "alpha": 0.025, "steps": 5})):

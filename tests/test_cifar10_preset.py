@@ -37,14 +37,14 @@ def test_preset_recipes_are_training_arguments():
 
 
 def test_defences_preset_defends_the_protocols_plain_models():
-    """cifar10_defences: its plain models are the recipes the committed protocol ran on (cifar10_cpu with the ANN in
-    float32: the same zoo keys, so they are reused, not retrained); its AT twins are PGD-AT'd ANN and SNN-BP; every
+    """cifar10_defences: its plain models are cifar10_cpu's own recipes (the same zoo keys, so a run of both presets
+    in one folder trains them once); its AT twins are PGD-AT'd ANN and SNN-BP; every
     target meets the same battery and the defence papers' PGD-10 without EOT."""
     from snn_adv.config import load_config
     from snn_adv.configs import config_path
 
     defences = load_config(config_path("cifar10_defences"))
-    plain = load_config(config_path("cifar10_cpu"), {"models": {"ann": {"precision": "float32"}}})
+    plain = load_config(config_path("cifar10_cpu"))
     for key in ("arch", "arch_kwargs", "seeds", "ann", "snn_conv", "snn_bp"):
         assert defences["models"][key] == plain["models"][key], key
     assert defences["data"] == plain["data"] and defences["seed"] == plain["seed"]
