@@ -20,7 +20,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 CELLS = sorted(RESULTS.glob("*/*/cells/*.json"))
 LEVEL = 0.95
 #: the committed presets rendered from cells: folder -> (preset, data folder under ../shared/datasets)
-PRESETS = {"cpu": ("cpu", "fashion-mnist"), "cifar10_cpu": ("cifar10_cpu", "cifar10-jpeg")}
+PRESETS = {"cpu": ("cpu", "fashion-mnist"), "cifar10_cpu": ("cifar10_cpu", "cifar10-jpeg"),
+           "cifar10_defences": ("cifar10_defences", "cifar10-jpeg")}
 
 
 #: cells known to break the provenance rules, each waiting for its recomputation (the entry goes once it lands;
