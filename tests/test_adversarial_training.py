@@ -147,7 +147,8 @@ def test_mixed_precision_crafts_the_adversarial_examples_under_autocast_too(fmni
     torch.manual_seed(0)
     model = build_classifier("vgg-tiny", "fashion-mnist-bundled")
     seen = []  # (training mode, autocast on) of every forward
-    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_autocast_enabled("cpu"))))
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append((module.training, torch.is_autocast_enabled("cpu"))))
     crafted = []
     recipe = AdversarialTraining("pgd", eps=EPS, steps=2)
     original = AdversarialTraining.craft
@@ -158,9 +159,10 @@ def test_mixed_precision_crafts_the_adversarial_examples_under_autocast_too(fmni
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(AdversarialTraining, "craft", spy)
-        train(model, loader(fmnist.train_x[:32], fmnist.train_y[:32], 32), epochs=1, seed=1, progress=False, precision=precision, adversarial=recipe)
-    attack_forwards = {autocast for training, autocast in seen if not training}
-    assert len([s for s in seen if not s[0]]) >= 2 and attack_forwards == {precision == "bfloat16"}
+        train(model, loader(fmnist.train_x[:32], fmnist.train_y[:32], 32), epochs=1, seed=1, progress=False,
+              precision=precision, adversarial=recipe)
+    attack_forwards = [autocast for training, autocast in seen if not training]
+    assert len(attack_forwards) >= 2 and set(attack_forwards) == {precision == "bfloat16"}
     assert {autocast for training, autocast in seen if training} == {precision == "bfloat16"}
     assert crafted and all(x.dtype == torch.float32 for x in crafted)
 
