@@ -11,7 +11,7 @@ and each stage's share; ``--out`` writes the JSON. The protocol's stages are kep
 without early stopping runs its 100 iterations on every image, so its cost is linear in the images.
 
     python experiments/benchmark_protocol.py CHECKPOINT [--source ANN.pt] --data-root DIR [--test-count 1000]
-        [--report runs/cifar10_cpu/protocol/snn_bp/report.json] [--baseline-images 200]
+        [--version snn-v2] [--report runs/cifar10_cpu/protocol/snn_bp/report.json] [--baseline-images 200]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from snn_adv import checkpoints, evaluate
 from snn_adv.attacks import APGD
 from snn_adv.data import load_tensors
 from snn_adv.io import atomic_write_json, provenance
-from snn_adv.protocol import robust_accuracy
+from snn_adv.protocol import VERSIONS, robust_accuracy
 from snn_adv.protocol.report import FORWARD_COST
 from snn_adv.protocol.run import CostMeter
 
@@ -52,6 +52,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--test-count", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
     parser.add_argument("--work", default="runs/benchmark_protocol")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", default=None, help="report.json of a finished protocol run (not rerun)")
@@ -70,8 +71,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         headline, rows, total, seconds = saved["headline"], saved["stages"], saved["total_cost"], saved["seconds"]
     else:
         start = time.perf_counter()
-        report = robust_accuracy(model, (images, labels), eps=args.eps, sources=sources, scoring_seeds=seeds,
-                                 out=args.work, progress=False)
+        report = robust_accuracy(model, (images, labels), eps=args.eps, version=args.version, sources=sources,
+                                 scoring_seeds=seeds, out=args.work, progress=False)
         seconds = time.perf_counter() - start
         headline, rows, total = report.headline(), report.rows(), report.total_cost()
         print(report.table_markdown())

@@ -76,6 +76,36 @@ def test_apgd_more_effort_is_never_weaker(ann, data):
     assert strong <= weak
 
 
+class _Recording(nn.Module):
+    """The model, recording the input and logits of every forward that an attack differentiates (its iterates)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.iterates = model, []
+
+    def forward(self, x):
+        logits = self.model(x)
+        if x.requires_grad:
+            self.iterates.append((x.detach().clone(), logits.detach().clone()))
+        return logits
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_apgd_returns_the_first_or_the_last_fooling_iterate(ann, data, keep):
+    x, y = data
+    recording = _Recording(ann)
+    adversarial = APGD(recording, eps=0.1, steps=10, keep=keep, seed=0)(x, y)
+    fooling = torch.stack([margin(logits, y) < 0 for _, logits in recording.iterates])  # [iterates, samples]
+    assert len(recording.iterates) == 11 and fooling.any(0).sum() >= len(y) // 2
+    first_is_not_last = []
+    for n in fooling.any(0).nonzero()[:, 0].tolist():
+        hits = fooling[:, n].nonzero()[:, 0]
+        k = int(hits[0] if keep == "first" else hits[-1])
+        torch.testing.assert_close(adversarial[n], recording.iterates[k][0][n])
+        first_is_not_last.append(bool(hits[0] != hits[-1]))
+    assert any(first_is_not_last)  # the two rules pick different points on some samples
+
+
 def test_sapgd_update_is_the_clipped_normalised_momentum():
     model = AnnClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (0.0,), (1.0,))
     attack = SAPGD(model, eps=0.5, steps=2)

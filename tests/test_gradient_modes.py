@@ -6,8 +6,8 @@ import torch
 from spikingjelly.activation_based import functional
 
 from attack_helpers import ann, data, snn  # noqa: F401 (fixtures)
-from snn_adv.attacks import ASSG, HART, PDSG, PGD, RateGradient, gradient_mode
-from snn_adv.neurons import BackwardRule, LeakyLIFNode
+from snn_adv.attacks import ASSG, BPTT, HART, PDSG, PGD, CyclingGradient, RateGradient, gradient_mode
+from snn_adv.neurons import BackwardRule, LeakyLIFNode, build_surrogate
 
 
 def lif_membranes(x_seq, leak, v_th):
@@ -135,6 +135,34 @@ def test_modes_keep_the_forward_and_are_restored(mode, snn, data):
     with pytest.raises(RuntimeError), gradient_mode(model, mode):
         raise RuntimeError("inside")
     assert [(n.surrogate_function, n.backward_rule) for n in nodes] == before
+
+
+def test_cycle_takes_its_members_in_turn_one_per_gradient(snn, data):
+    """The k-th input gradient under a cycle is member k mod M's own gradient (same Poisson draw); neurons restored."""
+    model, (x, y) = snn, (data[0][:6], data[1][:6])
+    members = [RateGradient(), HART(width=0.5), BPTT(build_surrogate({"name": "ATan", "alpha": 2.0}))]
+    nodes = [m for m in model.modules() if isinstance(m, LeakyLIFNode)]
+    before = [(n.surrogate_function, n.backward_rule) for n in nodes]
+
+    def gradient_under(mode, calls):
+        attack = PGD(model, grad_mode=mode)
+        grads = []
+        with gradient_mode(model, mode):
+            for _ in range(calls):
+                model.encoder.manual_seed(5)
+                grads.append(attack.input_gradient(x, y))
+        return grads
+
+    cycled = gradient_under(CyclingGradient(members), 5)
+    own = [gradient_under(member, 1)[0] for member in members]
+    for k, grad in enumerate(cycled):
+        torch.testing.assert_close(grad, own[k % 3])
+    assert not torch.allclose(own[0], own[1]) and not torch.allclose(own[1], own[2])
+    assert [(n.surrogate_function, n.backward_rule) for n in nodes] == before
+    with pytest.raises(ValueError, match="members"):
+        CyclingGradient([RateGradient(), ASSG()])
+    with pytest.raises(ValueError, match="members"):
+        CyclingGradient([])
 
 
 def test_bptt_input_gradient_is_sum_over_t_of_encoder_spike_gradients(snn, data):

@@ -29,6 +29,8 @@ TEST_BATTERY = (
     Stage("apgd-ce", "apgd", {"steps": 5, "loss": "ce", "eot": 1}),
     Stage("apgd-rate", "apgd", {"steps": 3, "loss": "ce", "eot": 1}, {"name": "rate"}),
     Stage("apgd-atan", "apgd", {"steps": 3, "loss": "ce", "eot": 1}, {"name": "bptt", "surrogate": {"name": "ATan", "alpha": 2.0}}),
+    Stage("apgd-cycle", "apgd", {"steps": 4, "loss": "ce", "eot": 1, "keep": "last"},
+          {"name": "cycle", "members": [{"name": "hart"}, {"name": "bptt", "surrogate": {"name": "Sigmoid", "alpha": 4.0}}]}),
     Stage("transfer", "apgd", {"steps": 5, "loss": "ce", "eot": 1}, transfer=True),
     Stage("square", "square", {"queries": 100, "p_init": 0.8, "eot": 1}),
 )
@@ -56,12 +58,18 @@ def calls(monkeypatch):
     return recorded
 
 
-def test_snn_v1_is_pinned():
+def test_snn_v1_and_v2_are_pinned():
     # a change of the battery must come with a new version string: this digest is snn-v1's (de678190d0304d16
     # before the first release, when the vanishing-gradient check was a bound on the gradient's scale)
     assert battery_digest("snn-v1") == "1e1a352f5fb15a69"
+    assert battery_digest("snn-v2") == "f93acd5b805a52c6"
     names = [s.name for s in stages_of("snn-v1", {"ann": nn.Identity()})]
     assert names[:3] == ["apgd-ce", "apgd-t", "sa-pgd-assg"] and names[-2:] == ["transfer[ann]", "square"]
+    v2 = stages_of("snn-v2", {"ann": nn.Identity()})
+    assert [s.name for s in v2] == ["apgd-ce", "apgd-t", "sa-pgd-assg", "apgd-cycle", "transfer[ann]", "square"]
+    # snn-v2's cycle takes exactly snn-v1's seven alternative gradients; its APGD stages keep the last fooling point
+    assert v2[3].grad_mode["members"] == [s.grad_mode for s in stages_of("snn-v1", {})[3:10]]
+    assert all(s.arguments.get("keep") == "last" for s in v2 if s.attack != "square")
     with pytest.raises(ValueError, match="snn-v1"):
         stages_of("snn-v0", {})
 
@@ -146,11 +154,28 @@ def test_an_adapted_stock_network_gets_the_battery_its_neurons_allow(battery, sn
     status = {r.name: r.status for r in report.stages}
     # stock IFNodes: BPTT with any surrogate applies, a backward rule of snn_adv's own neurons (rate) does not
     assert status["apgd-ce"] == "ran" and status["apgd-atan"] in ("ran", "nothing left")
-    assert status["apgd-rate"] == "not applicable" and report.random
+    assert status["apgd-rate"] == "not applicable" and status["apgd-cycle"] in ("ran", "nothing left") and report.random
     single = evaluate(model, (x, y), PGD(model, eps=0.1, alpha=0.025, steps=7), scoring_seeds=[0, 1], batch_size=16,
                       progress=False)
     assert paired_not_above(report, single)
     assert not report.failed_checks, [str(c) for c in report.checks]
+
+
+def test_a_cycle_stage_keeps_the_members_the_neurons_allow(snn, ann):
+    from snn_adv.attacks import BPTT, CyclingGradient, RateGradient, adapt
+    from test_adapter import stock_network
+
+    atan = {"name": "bptt", "surrogate": {"name": "ATan", "alpha": 2.0}}
+    stage = Stage("apgd-cycle", "apgd", {"steps": 2, "loss": "ce"}, {"name": "cycle", "members": [{"name": "rate"}, atan]})
+    own = stage.gradient_mode(snn)
+    assert isinstance(own, CyclingGradient) and stage.not_applicable(snn) is None
+    assert [type(m) for m in own.members] == [RateGradient, BPTT] and own.members[1].surrogate is not None
+    stock = adapt(stock_network(snn), PoissonEncoder(seed=0), timesteps=4, mean=(0.5,), std=(0.5,)).eval()
+    assert stage.not_applicable(stock) is None
+    assert [m.settings()["name"] for m in stage.gradient_mode(stock).members] == ["bptt"]  # rate needs our neurons
+    rate_only = Stage("apgd-cycle", "apgd", {"steps": 2, "loss": "ce"}, {"name": "cycle", "members": [{"name": "rate"}]})
+    assert "LeakyLIFNode" in rate_only.not_applicable(stock)
+    assert "no spiking neurons" in stage.not_applicable(ann)
 
 
 def test_a_vanishing_surrogate_is_flagged(battery, snn, data):

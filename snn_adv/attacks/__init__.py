@@ -13,7 +13,8 @@ from .base import VANISHING_RATIO, Attack, GradientMaskingWarning, NoInputGradie
 from .budget import BudgetedAttack, GradientScaled, perturbation_norm, within_budget
 from .ensemble import WorstCase, gradient_mode_ensemble
 from .fgsm import FGSM
-from .gradients import ASSG, BPTT, GRADIENT_MODES, HART, PDSG, GradientMode, RateGradient, gradient_mode, resolve_gradient_mode
+from .gradients import (ASSG, BPTT, GRADIENT_MODES, HART, PDSG, CyclingGradient, GradientMode, RateGradient,
+                        gradient_mode, resolve_gradient_mode)
 from .pgd import PGD
 from .sapgd import SAPGD
 from .square import Square
@@ -25,6 +26,7 @@ __all__ = [
     "Attack",
     "BPTT",
     "BudgetedAttack",
+    "CyclingGradient",
     "FGSM",
     "GRADIENT_MODES",
     "GradientMode",

@@ -69,7 +69,10 @@ class APGD(Attack):
     best point when the objective rose in at most ``rho`` of the iterations since ``w_{j-1}``, or when its step was
     not halved at ``w_{j-1}`` and its best objective has not improved since. ``g_k``, the objective and the logits
     are means over ``eot`` draws. A sample counts as fooled when the mean logits misclassify it; it returns the
-    first point that did, else the point of smallest margin ``z_y - max_j z_j`` over all runs.
+    first point that did (``keep='first'``) or the last iterate that did (``keep='last'``, the rule of AutoAttack's
+    code), else the point of smallest margin ``z_y - max_j z_j`` over all runs. On a deterministic model both
+    fool; on a random one the first fooling point of a few draws sits at the boundary and often does not fool
+    another draw, while later iterates have climbed the loss further.
 
     :param steps: iterations per run (the reference default is 100).
     :param loss: ``'ce'`` (cross-entropy) or ``'dlr'``.
@@ -77,6 +80,7 @@ class APGD(Attack):
         logits, with the targeted DLR loss (``loss`` must be ``'dlr'``).
     :param restarts: runs per objective, each on the samples not yet fooled.
     :param rho: the progress fraction of the step-size rule (0.75).
+    :param keep: which fooling point a run returns, ``'first'`` or ``'last'``.
 
     Other arguments as :class:`~snn_adv.attacks.base.Attack` (its ``targeted`` is not supported).
     """
@@ -86,7 +90,7 @@ class APGD(Attack):
     initial_step = 2.0
 
     def __init__(self, model, eps: float = 8 / 255, steps: int = 100, loss: str = "ce", target_classes: int = 0,
-                 restarts: int = 1, rho: float = 0.75, **kwargs):
+                 restarts: int = 1, rho: float = 0.75, keep: str = "first", **kwargs):
         if kwargs.get("targeted"):
             raise ValueError("argument 'targeted': APGD attacks the true label; use target_classes=k for APGD-T")
         super().__init__(model, eps, **kwargs)
@@ -99,10 +103,12 @@ class APGD(Attack):
         self.target_classes = target_classes
         self.restarts = check_positive_int("restarts", restarts)
         self.rho = check_fraction("rho", rho)
+        self.keep = check_choice("keep", keep, ("first", "last"))
 
     def settings(self) -> Dict:
         return {**super().settings(), "steps": self.steps, "loss": self.loss_name,
-                "target_classes": self.target_classes, "restarts": self.restarts, "rho": self.rho}
+                "target_classes": self.target_classes, "restarts": self.restarts, "rho": self.rho,
+                **({} if self.keep == "first" else {"keep": self.keep})}  # absent at 'first': earlier results' keys hold
 
     # ---------------------------------------------------------------- one run
     def random_start(self, images: torch.Tensor) -> torch.Tensor:
@@ -138,8 +144,8 @@ class APGD(Attack):
 
     def run(self, images: torch.Tensor, labels: torch.Tensor,
             objective: Objective) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run: ``(point, margin, fooled)`` per sample: the first fooling point where one was found, else the
-        best point (highest objective), with the margin of the mean logits there."""
+        """One run: ``(point, margin, fooled)`` per sample: the first (``keep='first'``) or last fooling point where
+        one was found, else the best point (highest objective), with the margin of the mean logits there."""
         x = self.random_start(images)
         state = self.begin(images)
         state["halved"] = torch.ones(len(images), dtype=torch.bool, device=images.device)
@@ -158,7 +164,7 @@ class APGD(Attack):
             grad, value, logits = self.objective_gradient(x, labels, objective)
             with torch.no_grad():
                 m = margin(logits, labels)
-                newly = (m < 0) & ~fooled
+                newly = (m < 0) & ~fooled if self.keep == "first" else m < 0
                 fooled_x[newly], fooled = x[newly], fooled | newly
                 improved = value > best_value
                 best_x[improved], best_value[improved], best_grad[improved] = x[improved], value[improved], grad[improved]

@@ -146,6 +146,7 @@ class Attack:
         ``sum_n objective_n``. Guards as :meth:`input_gradient`."""
         total = torch.zeros_like(images)
         values = logits_sum = None
+        self.grad_mode.before_gradient()
         for _ in range(self.eot):
             x = images.detach().requires_grad_(True)
             with torch.enable_grad():

@@ -50,6 +50,11 @@ incoming gradient ``g[t] = dL/ds[t]``, ``sg`` a surrogate derivative ``ds/dh``):
     with ``sigma[t]`` the standard deviation of ``h[0..t]`` over time, batch and space, per channel for
     convolutional layers (``[T, N, C, H, W]``) and over the whole layer otherwise.
 
+``cycle`` (an ensemble of the above taken in turn)
+    The ``k``-th input gradient of an attack call (all its EOT draws) goes through member ``k mod M``: an EOT over
+    gradient rules along one trajectory, at the cost of one rule. Sign steps (PGD, APGD) ignore each member's
+    scale, so the members need no common normalisation.
+
 Modes other than ``bptt`` act through :attr:`LeakyLIFNode.backward_rule`, so they need our neuron;
 ``bptt`` with an attacker surrogate swaps ``surrogate_function`` and works on stock SpikingJelly neurons too.
 """
@@ -57,7 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -74,6 +79,7 @@ __all__ = [
     "HART",
     "ASSG",
     "PDSG",
+    "CyclingGradient",
     "GRADIENT_MODES",
     "resolve_gradient_mode",
     "gradient_mode",
@@ -100,6 +106,9 @@ class GradientMode:
         """Patch ``nodes`` for one attack call (called inside :func:`gradient_mode`, which restores them)."""
         for node in nodes:
             node.backward_rule = self.rule_for(node)
+
+    def before_gradient(self) -> None:
+        """Called by an attack before each of its input gradients (its EOT draws count as one); nothing by default."""
 
     def rule_for(self, node: LeakyLIFNode) -> BackwardRule:
         """The backward rule ``node`` gets for one attack call."""
@@ -257,6 +266,40 @@ class PDSG(GradientMode):
         return BackwardRule(derivative)
 
 
+class CyclingGradient(GradientMode):
+    """Members taken in turn, one per input gradient of an attack call (see the module docstring, ``cycle``).
+
+    :param members: the gradient modes, in order; not :class:`ASSG` (its statistics follow one rule's iterations)
+        nor another cycle.
+    """
+
+    name = "cycle"
+
+    def __init__(self, members: Sequence[GradientMode]):
+        self.members = list(members)
+        if not self.members:
+            raise ValueError("argument 'members': give at least one gradient mode")
+        for member in self.members:
+            if not isinstance(member, GradientMode) or isinstance(member, (ASSG, CyclingGradient)):
+                raise ValueError(f"argument 'members': {member!r} cannot take turns (ASSG's statistics and a nested "
+                                 "cycle follow their own iterations); give BPTT, RateGradient, HART or PDSG instances")
+        self.needs_backward_rule = any(m.needs_backward_rule for m in self.members)
+        self._nodes: List[nn.Module] = []
+        self._saved: List[Tuple[nn.Module, Any, Any]] = []
+        self._turn = 0
+
+    def settings(self) -> Dict:
+        return {"name": self.name, "members": [m.settings() for m in self.members]}
+
+    def install(self, nodes: List[nn.Module]) -> None:
+        self._nodes, self._saved, self._turn = nodes, _neuron_state(nodes), -1
+
+    def before_gradient(self) -> None:
+        self._turn += 1
+        _restore_neurons(self._saved)
+        self.members[self._turn % len(self.members)].install(self._nodes)
+
+
 GRADIENT_MODES: Dict[str, type] = {cls.name: cls for cls in (BPTT, RateGradient, HART, ASSG, PDSG)}
 
 
@@ -298,12 +341,21 @@ def gradient_mode(model: nn.Module, mode: Union[str, GradientMode] = "bptt", sur
                 f"are charge/reset_after_spike, the model has {stock}; use 'bptt' (optionally with surrogate=...) for "
                 "stock SpikingJelly neurons or neurons that override SpikingJelly's step hooks"
             )
-    saved = [(n, n.surrogate_function, getattr(n, "backward_rule", None)) for n in nodes]
+    saved = _neuron_state(nodes)
     try:
         resolved.install(nodes)
         yield resolved
     finally:
-        for node, surrogate_function, rule in saved:
-            node.surrogate_function = surrogate_function
-            if isinstance(node, LeakyLIFNode):
-                node.backward_rule = rule
+        _restore_neurons(saved)
+
+
+def _neuron_state(nodes: List[nn.Module]) -> List[Tuple[nn.Module, Any, Any]]:
+    """What a gradient mode may patch on each neuron: its surrogate and backward rule."""
+    return [(n, n.surrogate_function, getattr(n, "backward_rule", None)) for n in nodes]
+
+
+def _restore_neurons(saved: List[Tuple[nn.Module, Any, Any]]) -> None:
+    for node, surrogate_function, rule in saved:
+        node.surrogate_function = surrogate_function
+        if isinstance(node, LeakyLIFNode):
+            node.backward_rule = rule
