@@ -3,11 +3,12 @@
 On the bundled Fashion-MNIST subset: a small VGG (ANN, 3 epochs on 2000 images, as the test suite's fixture), its
 converted SNN at a low T, and masked variants: a model whose backward is noise, stock SpikingJelly neurons in
 ``eval()``, an SNN whose surrogate is so narrow that its gradient vanishes, and a noise defence (Gaussian input
-noise). Each gets ``snn-v1`` and every single attack below on the same images and Poisson draws, and the paired
+noise). Each gets the battery ``--version`` (default ``snn-v1``) and every single attack below on the same images and Poisson draws, and the paired
 one-sided test of "protocol above the attack". Writes ``experiments/results/protocol_validation/`` (``table.md``,
 ``results.json``, one protocol folder per model, resumable).
 
-    python experiments/protocol_validation.py [--images 100] [--out experiments/results/protocol_validation]
+    python experiments/protocol_validation.py [--images 100] [--version snn-v2]
+        [--out experiments/results/protocol_validation]
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from snn_adv.encoding import PoissonEncoder
 from snn_adv.io import atomic_write, atomic_write_json, provenance
 from snn_adv.models import build_classifier
 from snn_adv.neurons import PiecewiseLinear, spiking_neurons
-from snn_adv.protocol import robust_accuracy
+from snn_adv.protocol import VERSIONS, robust_accuracy
 from snn_adv.protocol.report import FORWARD_COST
 from snn_adv.protocol.run import CostMeter
 from snn_adv.evaluation import compare
@@ -100,20 +101,21 @@ def single_attacks(model: nn.Module) -> Dict[str, object]:
             "APGD-CE 100": APGD(model, eps=EPS, steps=100)}
 
 
-def write(rows: List[Dict], out: Path, images: int) -> None:
+def write(rows: List[Dict], out: Path, images: int, version: str) -> None:
     """``table.md`` and ``results.json`` from the rows so far (rewritten after each model: a long run shows them)."""
     lines = [f"# The protocol on models with known behaviour (Fashion-MNIST bundled subset, {images} test images, "
              f"{len(SEEDS)} Poisson scoring seeds, Linf 8/255)", ""]
     labels = ("FGSM", "PGD-7", "PGD-7 EOT 4", "APGD-CE 100")
-    columns = ["model", "protocol (snn-v1)", *labels, "protocol above any attack?", "protocol cost / APGD-CE 100 cost"]
+    protocol = f"protocol ({version})"
+    columns = ["model", protocol, *labels, "protocol above any attack?", "protocol cost / APGD-CE 100 cost"]
     shown = []
     for row in rows:
         if row["protocol"] == "refused":
-            shown.append({"model": row["model"], "protocol (snn-v1)": f"refused: {row['detail']}"})
+            shown.append({"model": row["model"], protocol: f"refused: {row['detail']}"})
             continue
         attacks = {label: row["attacks"][label] for label in labels}
         worst_p = min(a["protocol_minus_attack"]["p_value"] for a in attacks.values())
-        shown.append({"model": row["model"], "protocol (snn-v1)": row["protocol"],
+        shown.append({"model": row["model"], protocol: row["protocol"],
                       **{label: f"{100 * a['accuracy']:.1f} [{100 * a['interval'][0]:.1f}, {100 * a['interval'][1]:.1f}]"
                          for label, a in attacks.items()},
                       "protocol above any attack?": f"{'yes' if worst_p < 0.05 else 'no'} (smallest one-sided p = "
@@ -125,7 +127,7 @@ def write(rows: List[Dict], out: Path, images: int) -> None:
                   f"forward-backward passes per image (a forward alone counts {FORWARD_COST}).", ""]
     with atomic_write(out / "table.md", "w") as handle:
         handle.write("\n".join(lines))
-    atomic_write_json(out / "results.json", {"rows": rows, "eps": EPS, "scoring_seeds": SEEDS, "images": images,
+    atomic_write_json(out / "results.json", {"rows": rows, "version": version, "eps": EPS, "scoring_seeds": SEEDS, "images": images,
                                              "data": dataset_fingerprint("fashion-mnist-bundled", None),
                                              "provenance": provenance(seed=0)})
 
@@ -133,6 +135,7 @@ def write(rows: List[Dict], out: Path, images: int) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
     parser.add_argument("--out", default="experiments/results/protocol_validation")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -145,11 +148,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         start = time.perf_counter()
         sources = {"ann": ann} if "SNN-conv" in name else {}  # transfer from the ANN they were converted from
         try:
-            report = robust_accuracy(model, (x, y), eps=EPS, sources=sources, scoring_seeds=SEEDS, out=folder,
-                                     progress=False)
+            report = robust_accuracy(model, (x, y), eps=EPS, version=args.version, sources=sources,
+                                     scoring_seeds=SEEDS, out=folder, progress=False)
         except NoInputGradientError as error:
             rows.append({"model": name, "protocol": "refused", "detail": str(error).split(";")[0]})
-            write(rows, out, args.images)
+            write(rows, out, args.images, args.version)
             continue
         row = {"model": name, "protocol": report.headline(), "verdict": report.verdict,
                "robust": report.robust_accuracy, "seconds": round(time.perf_counter() - start, 1), "attacks": {}}
@@ -169,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                                      "protocol_minus_attack": above.to_dict()}
         rows.append(row)
         print(row["protocol"], flush=True)
-        write(rows, out, args.images)
+        write(rows, out, args.images, args.version)
     print((out / "table.md").read_text())
 
 
