@@ -27,7 +27,7 @@ from snn_adv import checkpoints, evaluate
 from snn_adv.attacks import APGD
 from snn_adv.data import load_tensors
 from snn_adv.io import atomic_write_json, provenance
-from snn_adv.protocol import VERSIONS, robust_accuracy
+from snn_adv.protocol import DEFAULT_VERSION, VERSIONS, robust_accuracy
 from snn_adv.protocol.report import FORWARD_COST
 from snn_adv.protocol.run import CostMeter
 
@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--test-count", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=8 / 255)
-    parser.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
+    parser.add_argument("--version", default=DEFAULT_VERSION, choices=sorted(VERSIONS), help="battery version")
     parser.add_argument("--work", default="runs/benchmark_protocol")
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", default=None, help="report.json of a finished protocol run (not rerun)")

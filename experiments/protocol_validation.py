@@ -3,7 +3,7 @@
 On the bundled Fashion-MNIST subset: a small VGG (ANN, 3 epochs on 2000 images, as the test suite's fixture), its
 converted SNN at a low T, and masked variants: a model whose backward is noise, stock SpikingJelly neurons in
 ``eval()``, an SNN whose surrogate is so narrow that its gradient vanishes, and a noise defence (Gaussian input
-noise). Each gets the battery ``--version`` (default ``snn-v1``) and every single attack below on the same images and Poisson draws, and the paired
+noise). Each gets the battery ``--version`` (default the package's) and every single attack below on the same images and Poisson draws, and the paired
 one-sided test of "protocol above the attack". Writes ``experiments/results/protocol_validation/`` (``table.md``,
 ``results.json``, one protocol folder per model, resumable).
 
@@ -32,7 +32,7 @@ from snn_adv.encoding import PoissonEncoder
 from snn_adv.io import atomic_write, atomic_write_json, provenance
 from snn_adv.models import build_classifier
 from snn_adv.neurons import PiecewiseLinear, spiking_neurons
-from snn_adv.protocol import VERSIONS, robust_accuracy
+from snn_adv.protocol import DEFAULT_VERSION, VERSIONS, robust_accuracy
 from snn_adv.protocol.report import FORWARD_COST
 from snn_adv.protocol.run import CostMeter
 from snn_adv.evaluation import compare
@@ -135,7 +135,7 @@ def write(rows: List[Dict], out: Path, images: int, version: str) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
+    parser.add_argument("--version", default=DEFAULT_VERSION, choices=sorted(VERSIONS), help="battery version")
     parser.add_argument("--out", default="experiments/results/protocol_validation")
     args = parser.parse_args(argv)
     out = Path(args.out)

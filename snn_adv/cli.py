@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="also write the tables and checks to this folder")
     evaluate.set_defaults(func=_evaluate)
 
-    from .protocol import VERSIONS
+    from .protocol import DEFAULT_VERSION, VERSIONS
 
     protocol = commands.add_parser(
         "protocol", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--data", "--data-root", dest="data_root", default=None,
                           help="dataset folder (the checkpoint names the dataset)")
     protocol.add_argument("--eps", type=_fraction, default=8 / 255, help="L-inf radius, a number or a/b (8/255)")
-    protocol.add_argument("--version", default="snn-v1", choices=sorted(VERSIONS), help="battery version")
+    protocol.add_argument("--version", default=DEFAULT_VERSION, choices=sorted(VERSIONS), help="battery version")
     protocol.add_argument("--fresh-draws", type=_positive_int, default=8,
                           help="fresh Poisson draws on which the final survivors are re-scored")
     _evaluation_options(protocol)

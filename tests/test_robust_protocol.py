@@ -5,6 +5,7 @@ A cheap battery ``test`` replaces ``snn-v1`` here (the same stage kinds, a few i
 runs on these models in ``experiments/protocol_validation.py``.
 """
 import copy
+import inspect
 import json
 
 import numpy as np
@@ -18,12 +19,14 @@ from attack_helpers import Masked, _InputGradient, ann, data, snn  # noqa: F401 
 from snn_adv import checkpoints, evaluate
 from snn_adv.attacks import APGD, FGSM, PGD, NoInputGradientError
 from snn_adv.classifier import SpikingClassifier
+from snn_adv.cli import build_parser
 from snn_adv.compat import SJ_VERSION, STOCK_EVAL_HAS_GRADIENT
 from snn_adv.encoding import PoissonEncoder, is_stochastic
 from snn_adv.neurons import PiecewiseLinear, spiking_neurons
-from snn_adv.protocol import (LARGE_EPS, VERSIONS, Stage, battery_digest, gradient_probe, robust_accuracy, stages_of,
-                              vanishing_gradient_check)
+from snn_adv.protocol import (DEFAULT_VERSION, LARGE_EPS, VERSIONS, Stage, battery_digest, gradient_probe,
+                              robust_accuracy, stages_of, vanishing_gradient_check)
 from snn_adv.evaluation import compare
+from snn_adv.studies.protocol import DEFAULTS
 
 TEST_BATTERY = (
     Stage("apgd-ce", "apgd", {"steps": 5, "loss": "ce", "eot": 1}),
@@ -70,6 +73,9 @@ def test_snn_v1_and_v2_are_pinned():
     # snn-v2's cycle takes exactly snn-v1's seven alternative gradients; its APGD stages keep the last fooling point
     assert v2[3].grad_mode["members"] == [s.grad_mode for s in stages_of("snn-v1", {})[3:10]]
     assert all(s.arguments.get("keep") == "last" for s in v2 if s.attack != "square")
+    # a call, the CLI and a study section without a version get snn-v2; the committed presets name snn-v1
+    assert DEFAULT_VERSION == "snn-v2" == inspect.signature(robust_accuracy).parameters["version"].default
+    assert build_parser().parse_args(["protocol", "model.pt"]).version == DEFAULT_VERSION == DEFAULTS["version"]
     with pytest.raises(ValueError, match="snn-v1"):
         stages_of("snn-v0", {})
 
@@ -346,3 +352,33 @@ def test_a_silent_deep_stock_network_is_unreliable(battery, trained_pair):
     vanishing = next(c for c in report.checks if c.name == "vanishing_gradient")
     assert vanishing.passed is False, vanishing
     assert report.verdict.startswith("unreliable") and "vanishing_gradient" in report.verdict
+
+
+def _experiment(name):
+    """A script of ``experiments/`` as a module (experiments are scripts, not package code)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_version_comparison_reads_each_stages_survivors_from_the_report(battery, snn, data):
+    """experiments/compare_protocol_versions.py: the pairs robust after the first k stages, read back from a report's
+    ``broken_by``, are the cascade's own cumulative outcomes; a report compared with itself differs by nothing."""
+    script = _experiment("compare_protocol_versions")
+    snn.timesteps = 8
+    x, y = data[0][:12], data[1][:12]
+    report = robust_accuracy(snn, (x, y), eps=0.1, version=battery, scoring_seeds=[0, 1], batch_size=12, progress=False)
+    saved = json.loads(json.dumps(report.to_dict()))
+    for k, stage in enumerate(report.stages, 1):
+        np.testing.assert_array_equal(script.robust_after(saved, k), stage.cumulative.adversarial_correct)
+    same = script.compare_reports(saved, saved)
+    assert [row["difference"]["difference"] for row in same["rows"]] == [0.0, 0.0, 0.0]
+    assert same["rows"][-1]["a"] == report.robust_accuracy
+    other = {**saved, "index": saved["index"][::-1]}
+    with pytest.raises(ValueError, match="same images"):
+        script.compare_reports(saved, other)

@@ -116,7 +116,7 @@ class ProtocolReport:
         return round(sum(r["seconds"] for r in [*(s.record for s in self.stages), *self.costs.values()]), 1)
 
     def headline(self) -> str:
-        """One line: ``robust accuracy 4.0 [2.1, 6.3] % (snn-v1, Linf 8/255, 1000 images x 3 draws, converged)``."""
+        """One line: ``robust accuracy 4.0 [2.1, 6.3] % (snn-v2, Linf 8/255, 1000 images x 3 draws, converged)``."""
         what = (f"{self.version}, {self.norm} {format_eps(self.eps)}, {self.result.n} images x "
                 f"{len(self.result.scoring_seeds)} draws")
         verdict = self.verdict

@@ -37,7 +37,7 @@ from ..progress import log
 from ..seeds import canonical_json
 from ..stats import paired_difference
 from ..validation import check_fraction, check_positive_int
-from .battery import CERTIFICATE, LARGE_EPS, VANISHING, Stage, battery_digest, large_eps_attack, stages_of
+from .battery import CERTIFICATE, DEFAULT_VERSION, LARGE_EPS, VANISHING, Stage, battery_digest, large_eps_attack, stages_of
 from .report import ProtocolReport, StageRecord
 
 __all__ = ["CostMeter", "gradient_probe", "robust_accuracy", "vanishing_gradient_check"]
@@ -247,7 +247,7 @@ def robust_accuracy(
     data: Data,
     eps: float = 8 / 255,
     norm: str = "Linf",
-    version: str = "snn-v1",
+    version: str = DEFAULT_VERSION,
     sources: Optional[Mapping[str, nn.Module]] = None,
     *,
     seed: int = 0,
@@ -264,7 +264,7 @@ def robust_accuracy(
     :param model: a classifier of images in [0, 1] (ANN, SNN, ``adapt``-ed stock SpikingJelly net, your own).
     :param data: ``(images, labels)`` tensors, or an iterable of such batches (held in memory).
     :param eps: L-infinity radius.
-    :param norm: ``'Linf'`` (the only norm of ``snn-v1``).
+    :param norm: ``'Linf'`` (the only norm of the batteries so far).
     :param sources: name -> model: transfer stages crafted on each (e.g. the ANN an SNN was converted from).
     :param seed: engine seed: crafting and scoring streams (scoring draws are shared by every stage).
     :param scoring_seeds: the Poisson seeds each pair is scored on (a deterministic model needs only one).

@@ -17,7 +17,7 @@ Paired comparisons (Holm within each family): each SNN against the ANN of its de
 draw, clean), each defended target against its plain twin, and the gaps.
 
 Section keys: ``kinds`` (default all), ``defences`` (default ``[null]``), ``sources`` (default ``["ann"]``), ``eps``
-(default 8/255), ``version`` (default ``snn-v1``), ``fresh_draws`` (K, default 8), ``reference``, ``test_count``,
+(default 8/255), ``version`` (default :data:`~snn_adv.protocol.DEFAULT_VERSION`), ``fresh_draws`` (K, default 8), ``reference``, ``test_count``,
 ``test_counts`` (fewer images for a kind: a prefix, as in the robustness table).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .. import checkpoints, plots
 from ..attack_specs import ATTACK, attack_label
 from ..cells import cell_key
 from ..evaluation import Check, EvaluationResult, compare
-from ..protocol import VERSIONS, battery_digest, robust_accuracy
+from ..protocol import DEFAULT_VERSION, VERSIONS, battery_digest, robust_accuracy
 from ..protocol.report import FORWARD_COST
 from ..schema import POSITIVE_INT, ListOf, Section, Value
 from ..zoo import KINDS, LABELS
@@ -40,7 +40,7 @@ from .robustness import on_common_images
 __all__ = ["CONFIG", "DEFAULTS", "run", "sources_of", "target_label"]
 
 #: the section's defaults: the issue's threat model (Linf 8/255), the first battery, K = 8 fresh draws
-DEFAULTS = {"eps": 8 / 255, "version": "snn-v1", "fresh_draws": 8, "sources": ["ann"]}
+DEFAULTS = {"eps": 8 / 255, "version": DEFAULT_VERSION, "fresh_draws": 8, "sources": ["ann"]}
 
 
 def _reference_at_the_protocols_radius(section: Mapping[str, Any], path: str, problems: List[str]) -> None:
