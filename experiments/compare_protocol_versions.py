@@ -32,9 +32,11 @@ def compare_reports(a: Dict, b: Dict) -> Dict:
     """The three paired comparisons of ``a`` against ``b`` (see the module docstring)."""
     if a["index"] != b["index"] or a["scoring_seeds"] != b["scoring_seeds"] or a["clean_correct"] != b["clean_correct"]:
         raise ValueError("the two reports are not on the same images, scoring seeds and clean outcomes")
-    battery = {name: len(r["broken_by_names"]) - 3 for name, r in (("a", a), ("b", b))}  # stages before the certificate
+    # stages before the certificate: broken_by_names holds them, the certificate, "robust" and "clean misclassified"
+    battery = {name: len(r["broken_by_names"]) - 3 for name, r in (("a", a), ("b", b))}
     points = {"after the first stage": (robust_after(a, 1), robust_after(b, 1)),
-              "after the battery, before the certificate": (robust_after(a, battery["a"]), robust_after(b, battery["b"])),
+              "after the battery, before the certificate": (robust_after(a, battery["a"]),
+                                                             robust_after(b, battery["b"])),
               "final (with the certificate)": (np.array(a["robust"], bool), np.array(b["robust"], bool))}
     rows = []
     for what, (x, y) in points.items():
@@ -53,9 +55,10 @@ def compare_reports(a: Dict, b: Dict) -> Dict:
 def markdown(result: Dict) -> str:
     a, b = result["a_summary"], result["b_summary"]
     lines = [f"# Protocol {a['version']} (a) against {b['version']} (b): same model, images and scoring draws", "",
-             f"- (a) {a['headline']}; {a['total_cost']:.1f} forward-backward passes per image, {a['seconds']:.0f} s",
-             f"- (b) {b['headline']}; {b['total_cost']:.1f} forward-backward passes per image, {b['seconds']:.0f} s", "",
-             "| robust pairs | (a) % | (b) % | (a) − (b), 95 % interval, two-sided paired test | Holm (3) | pairs robust only under (a) / (b) |",
+             *(f"- ({name}) {r['headline']}; {r['total_cost']:.1f} forward-backward passes per image, "
+               f"{r['seconds']:.0f} s" for name, r in (("a", a), ("b", b))), "",
+             "| robust pairs | (a) % | (b) % | (a) − (b), 95 % interval, two-sided paired test | Holm (3) "
+             "| pairs robust only under (a) / (b) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         lines.append(f"| {row['point']} | {100 * row['a']:.1f} | {100 * row['b']:.1f} | {row['text']} | "

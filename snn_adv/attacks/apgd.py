@@ -108,7 +108,8 @@ class APGD(Attack):
     def settings(self) -> Dict:
         return {**super().settings(), "steps": self.steps, "loss": self.loss_name,
                 "target_classes": self.target_classes, "restarts": self.restarts, "rho": self.rho,
-                **({} if self.keep == "first" else {"keep": self.keep})}  # absent at 'first': earlier results' keys hold
+                # absent at 'first', so that the keys of results computed before the option hold
+                **({} if self.keep == "first" else {"keep": self.keep})}
 
     # ---------------------------------------------------------------- one run
     def random_start(self, images: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,8 @@ Gradient-mode stages need spiking neurons (an ANN's gradient is exact: they woul
 modes that change the backward rule (rate, HART, PDSG, ASSG) need :class:`~snn_adv.neurons.LeakyLIFNode`; a stage
 that does not apply to a model is listed as ``not applicable`` with the reason (a cycle keeps the members that apply
 and is not applicable only when none does). EOT draws apply only to random models (on a deterministic one every
-draw gives the same gradient). The convergence certificate re-runs the
-stage that broke the most pairs with 4x the iterations, 4x the EOT draws and 2 restarts.
+draw gives the same gradient). The convergence certificate re-runs the stage that broke the most pairs with 4x the
+iterations, 4x the EOT draws and 2 restarts.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ from ..frameworks import foreign_neurons_note
 from ..neurons import build_surrogate, spiking_neurons, supports_backward_rules
 from ..seeds import canonical_json
 
-__all__ = ["CERTIFICATE", "DEFAULT_VERSION", "LARGE_EPS", "VANISHING", "Stage", "VERSIONS", "battery_digest", "large_eps_attack", "stages_of"]
+__all__ = ["CERTIFICATE", "DEFAULT_VERSION", "LARGE_EPS", "VANISHING", "Stage", "VERSIONS", "battery_digest",
+           "large_eps_attack", "stages_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +161,8 @@ VERSIONS: Dict[str, Tuple[Stage, ...]] = {
         Stage("apgd-t", "apgd", {"steps": 50, "loss": "dlr", "target_classes": 3, "eot": 2}),
         Stage("sa-pgd-assg", "sapgd", {"steps": 100, "eot": 1}, {"name": "assg", "vanishing": 0.425}),
         *(_mode_stage(mode["name"]) for mode in _ALTERNATIVE_GRADIENTS[:3]),
-        *(_surrogate_stage(name, mode["surrogate"]) for name, mode in zip(_SURROGATE_STAGES, _ALTERNATIVE_GRADIENTS[3:])),
+        *(_surrogate_stage(name, mode["surrogate"])
+          for name, mode in zip(_SURROGATE_STAGES, _ALTERNATIVE_GRADIENTS[3:])),
         Stage("transfer", "apgd", {"steps": 100, "loss": "ce", "eot": 2}, transfer=True),
         Stage("square", "square", {"queries": 1000, "p_init": 0.8, "eot": 1}),
     ),
