@@ -3,9 +3,10 @@
 On the bundled Fashion-MNIST subset: a small VGG (ANN, 3 epochs on 2000 images, as the test suite's fixture), its
 converted SNN at a low T, and masked variants: a model whose backward is noise, stock SpikingJelly neurons in
 ``eval()``, an SNN whose surrogate is so narrow that its gradient vanishes, and a noise defence (Gaussian input
-noise). Each gets the battery ``--version`` (default the package's) and every single attack below on the same images and Poisson draws, and the paired
-one-sided test of "protocol above the attack". Writes ``experiments/results/protocol_validation/`` (``table.md``,
-``results.json``, one protocol folder per model, resumable).
+noise). Each gets the battery ``--version`` (default the package's) and every single attack below on the same images
+and Poisson draws, and the paired one-sided test of "protocol above the attack". Writes
+``experiments/results/protocol_validation/`` (``table.md``, ``results.json``, one protocol folder per model,
+resumable).
 
     python experiments/protocol_validation.py [--images 100] [--version snn-v2]
         [--out experiments/results/protocol_validation]
@@ -127,7 +128,8 @@ def write(rows: List[Dict], out: Path, images: int, version: str) -> None:
                   f"forward-backward passes per image (a forward alone counts {FORWARD_COST}).", ""]
     with atomic_write(out / "table.md", "w") as handle:
         handle.write("\n".join(lines))
-    atomic_write_json(out / "results.json", {"rows": rows, "version": version, "eps": EPS, "scoring_seeds": SEEDS, "images": images,
+    atomic_write_json(out / "results.json", {"rows": rows, "version": version, "eps": EPS, "scoring_seeds": SEEDS,
+                                             "images": images,
                                              "data": dataset_fingerprint("fashion-mnist-bundled", None),
                                              "provenance": provenance(seed=0)})
 

@@ -10,6 +10,7 @@ from snn_adv.config import load_config
 from snn_adv.configs import config_path
 from snn_adv.data import CIFAR100_CLASSES
 from snn_adv.studies import run_study
+from experiment_scripts import EXPERIMENTS, load_experiment
 from test_data_folders import write_tree
 
 #: a preset shrunk to seconds on a CPU: every model and study the preset names, at a few images and timesteps
@@ -42,15 +43,8 @@ def test_paper_cifar100_vgg11_runs_at_tiny_scale_on_a_generated_100_class_folder
 
 
 def _estimator():
-    """experiments/estimate_device_time.py as a module (experiments are scripts, not package code)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "estimate_device_time.py"
-    spec = importlib.util.spec_from_file_location("estimate_device_time", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, path.parent / "results" / "gpu" / "benchmark.json"
+    """experiments/estimate_device_time.py and the GPU benchmark it reads."""
+    return load_experiment("estimate_device_time"), EXPERIMENTS / "results" / "gpu" / "benchmark.json"
 
 
 def test_paper_gpu_is_the_papers_regime_sized_to_the_device_budget():

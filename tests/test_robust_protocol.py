@@ -16,6 +16,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 
 import snn_adv.protocol.run as protocol_run
 from attack_helpers import Masked, _InputGradient, ann, data, snn  # noqa: F401 (fixtures)
+from experiment_scripts import load_experiment
 from snn_adv import checkpoints, evaluate
 from snn_adv.attacks import APGD, FGSM, PGD, NoInputGradientError
 from snn_adv.classifier import SpikingClassifier
@@ -354,22 +355,10 @@ def test_a_silent_deep_stock_network_is_unreliable(battery, trained_pair):
     assert report.verdict.startswith("unreliable") and "vanishing_gradient" in report.verdict
 
 
-def _experiment(name):
-    """A script of ``experiments/`` as a module (experiments are scripts, not package code)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_version_comparison_reads_each_stages_survivors_from_the_report(battery, snn, data):
     """experiments/compare_protocol_versions.py: the pairs robust after the first k stages, read back from a report's
     ``broken_by``, are the cascade's own cumulative outcomes; a report compared with itself differs by nothing."""
-    script = _experiment("compare_protocol_versions")
+    script = load_experiment("compare_protocol_versions")
     snn.timesteps = 8
     x, y = data[0][:12], data[1][:12]
     report = robust_accuracy(snn, (x, y), eps=0.1, version=battery, scoring_seeds=[0, 1], batch_size=12, progress=False)

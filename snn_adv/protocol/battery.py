@@ -138,20 +138,14 @@ def _mode_from_spec(spec: Mapping[str, Any]) -> GradientMode:
     return GRADIENT_MODES[name](**parameters)
 
 
-def _surrogate_stage(name: str, surrogate: Mapping[str, Any]) -> Stage:
-    return Stage(name, "apgd", {"steps": 25, "loss": "ce", "eot": 2}, {"name": "bptt", "surrogate": dict(surrogate)})
-
-
-def _mode_stage(mode: str) -> Stage:
-    return Stage(f"apgd-{mode}", "apgd", {"steps": 25, "loss": "ce", "eot": 2}, {"name": mode})
-
-
-_ALTERNATIVE_GRADIENTS = ({"name": "rate"}, {"name": "hart"}, {"name": "pdsg"},
-                          {"name": "bptt", "surrogate": {"name": "ATan", "alpha": 2.0}},
-                          {"name": "bptt", "surrogate": {"name": "Sigmoid", "alpha": 4.0}},
-                          {"name": "bptt", "surrogate": {"name": "PiecewiseLinear", "gamma": 1.0, "width": 0.5}},
-                          {"name": "bptt", "surrogate": {"name": "PiecewiseLinear", "gamma": 1.0, "width": 2.0}})
-_SURROGATE_STAGES = ("apgd-atan", "apgd-sigmoid", "apgd-pwl-narrow", "apgd-pwl-wide")
+#: the alternative gradients, by the name of their own stage in ``snn-v1`` (``snn-v2`` cycles through them): RGA's
+#: rate gradient, HART, PDSG, and BPTT with attacker surrogates
+_ALTERNATIVE_GRADIENTS: Tuple[Tuple[str, Mapping[str, Any]], ...] = (
+    ("apgd-rate", {"name": "rate"}), ("apgd-hart", {"name": "hart"}), ("apgd-pdsg", {"name": "pdsg"}),
+    ("apgd-atan", {"name": "bptt", "surrogate": {"name": "ATan", "alpha": 2.0}}),
+    ("apgd-sigmoid", {"name": "bptt", "surrogate": {"name": "Sigmoid", "alpha": 4.0}}),
+    ("apgd-pwl-narrow", {"name": "bptt", "surrogate": {"name": "PiecewiseLinear", "gamma": 1.0, "width": 0.5}}),
+    ("apgd-pwl-wide", {"name": "bptt", "surrogate": {"name": "PiecewiseLinear", "gamma": 1.0, "width": 2.0}}))
 _LAST = {"keep": "last"}
 
 #: version -> the whitebox stages in order; transfer stages (one per source) and Square follow them
@@ -160,9 +154,7 @@ VERSIONS: Dict[str, Tuple[Stage, ...]] = {
         Stage("apgd-ce", "apgd", {"steps": 50, "loss": "ce", "eot": 2}),
         Stage("apgd-t", "apgd", {"steps": 50, "loss": "dlr", "target_classes": 3, "eot": 2}),
         Stage("sa-pgd-assg", "sapgd", {"steps": 100, "eot": 1}, {"name": "assg", "vanishing": 0.425}),
-        *(_mode_stage(mode["name"]) for mode in _ALTERNATIVE_GRADIENTS[:3]),
-        *(_surrogate_stage(name, mode["surrogate"])
-          for name, mode in zip(_SURROGATE_STAGES, _ALTERNATIVE_GRADIENTS[3:])),
+        *(Stage(name, "apgd", {"steps": 25, "loss": "ce", "eot": 2}, mode) for name, mode in _ALTERNATIVE_GRADIENTS),
         Stage("transfer", "apgd", {"steps": 100, "loss": "ce", "eot": 2}, transfer=True),
         Stage("square", "square", {"queries": 1000, "p_init": 0.8, "eot": 1}),
     ),
@@ -171,7 +163,7 @@ VERSIONS: Dict[str, Tuple[Stage, ...]] = {
         Stage("apgd-t", "apgd", {"steps": 50, "loss": "dlr", "target_classes": 3, "eot": 2, **_LAST}),
         Stage("sa-pgd-assg", "sapgd", {"steps": 100, "eot": 1, **_LAST}, {"name": "assg", "vanishing": 0.425}),
         Stage("apgd-cycle", "apgd", {"steps": 50, "loss": "ce", "eot": 2, **_LAST},
-              {"name": "cycle", "members": [dict(m) for m in _ALTERNATIVE_GRADIENTS]}),
+              {"name": "cycle", "members": [mode for _, mode in _ALTERNATIVE_GRADIENTS]}),
         Stage("transfer", "apgd", {"steps": 100, "loss": "ce", "eot": 2, **_LAST}, transfer=True),
         Stage("square", "square", {"queries": 1000, "p_init": 0.8, "eot": 1}),
     ),
