@@ -371,3 +371,21 @@ def test_version_comparison_reads_each_stages_survivors_from_the_report(battery,
     other = {**saved, "index": saved["index"][::-1]}
     with pytest.raises(ValueError, match="same images"):
         script.compare_reports(saved, other)
+
+
+def test_stages_resumed_from_other_code_are_named_in_the_report(battery, ann, data, tmp_path, monkeypatch):
+    """A stage file written by other code is used (its key holds) but the report says which and at what commit."""
+    x, y = data[0][:16], data[1][:16]
+    kwargs = dict(eps=0.1, version=battery, scoring_seeds=[0], progress=False, out=tmp_path)
+    first = robust_accuracy(ann, (x, y), **kwargs)
+    assert "stages_from_other_code" not in first.provenance
+    written = first.clean.settings["provenance"]["git_commit"]
+    real = protocol_run.provenance
+    monkeypatch.setattr(protocol_run, "provenance", lambda **extra: {**real(**extra), "git_commit": "f" * 40,
+                                                                   "source_digest": "sha256:other"})
+    with pytest.warns(UserWarning, match="written by other code"):
+        resumed = robust_accuracy(ann, (x, y), **kwargs)
+    on_disk = [path.stem.split("-", 1)[1] for path in sorted((tmp_path / "stages").glob("*.json"))]
+    assert len(on_disk) >= 4 and resumed.provenance["stages_from_other_code"] == dict.fromkeys(on_disk, written)
+    assert json.loads((tmp_path / "report.json").read_text())["provenance"]["stages_from_other_code"] == \
+        resumed.provenance["stages_from_other_code"]

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -270,6 +271,8 @@ def robust_accuracy(
     :param scoring_seeds: the Poisson seeds each pair is scored on (a deterministic model needs only one).
     :param fresh_draws: K; the final survivors are re-scored on K further draws ("robust on every draw").
     :param out: folder for the resumable stage files and the report (``report.json``, ``table.md``, ``cost.png``).
+        A stage resumed from a file that other code wrote (another source digest) is used, named in the report's
+        ``provenance["stages_from_other_code"]`` (stage: commit) and warned about.
     :returns: the :class:`ProtocolReport`; its :meth:`~ProtocolReport.headline` is the one line to quote.
     :raises NoInputGradientError: when stock SpikingJelly neurons in ``eval()`` give no gradient (use ``adapt``).
     """
@@ -297,6 +300,8 @@ def robust_accuracy(
               "sources": {k: model_fingerprint(v) for k, v in sources.items()},
               "data": CleanMemo.batch_digest(images, labels)}
     key = _digest(canonical_json(inputs).encode())
+    here = provenance(seed=seed)
+    other_code: Dict[str, str] = {}  # stage -> commit of the other code that wrote the file it was resumed from
 
     def run_stage(position: int, name: str, attack_of, crafting: nn.Module, active: np.ndarray, crafting_key: str):
         """One stage (cached): ``(record, result, examples)``."""
@@ -304,6 +309,9 @@ def robust_accuracy(
         key = _digest(canonical_json([key, name, crafting_key]).encode())
         cached = store.load(position, name, key)
         if cached is not None:
+            written = cached[1].settings.get("provenance", {})
+            if _code_of(written) != _code_of(here):
+                other_code[name] = written.get("git_commit", "unknown")
             return cached
         start = time.perf_counter()
         status, reason, examples = "ran", None, None
@@ -426,11 +434,21 @@ def robust_accuracy(
                             clean=clean, result=final, every_draw=every_draw, stages=records, certificate=certificate,
                             checks=checks, broken_by=broken_by, stage_names=[s.name for s in stages],
                             costs={"clean": clean_record, "large_eps": large[0]},
-                            provenance=provenance(seed=seed))
+                            provenance={**here, **({"stages_from_other_code": other_code} if other_code else {})})
+    if other_code:
+        warnings.warn(f"robust_accuracy: resumed {len(other_code)} stage(s) from files written by other code "
+                      f"({', '.join(f'{k} at {v}' for k, v in other_code.items())}); the report names them in "
+                      f"provenance['stages_from_other_code']: delete those files to recompute them with this code",
+                      stacklevel=2)
     if out is not None:
         report.save(out)
     log(report.headline())
     return report
+
+
+def _code_of(provenance_record: Dict[str, Any]) -> Optional[str]:
+    """What identifies the code that wrote a result: its source digest, else its commit."""
+    return provenance_record.get("source_digest") or provenance_record.get("git_commit")
 
 
 def _refuse_stock_neurons_without_gradient(model: nn.Module, images: torch.Tensor, seed: int) -> None:
